@@ -1,0 +1,5 @@
+"""`python -m rigpool` is the `rigpool` command."""
+
+from rigpool.cli.main import app
+
+app()

@@ -1,0 +1,115 @@
+"""The emulated backend: a named catalog GPU, timed by the performance model, on no GPU at all.
+
+Why: load, chaos and routing tests need hundreds of "GPUs" of different classes on one CPU. The
+timing of each token comes from `hardware.perf` — the same model the simulator uses — for the
+GPU named and a reference architecture (`timing_model`, Llama-3.1-8B by default) at the highest
+precision that fits that card, so an emulated RTX 3060 is as slow, relative to an emulated A100,
+as the real cards would be. The text is deterministic filler drawn from a fixed word list, seeded
+by the prompt and the request's seed: it is not a model's output and is always reported as
+emulated (`emulated=True` in the hello and in the fleet view).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import random
+from collections.abc import AsyncIterator
+
+from rigpool.agent.backends.base import (
+    Backend,
+    Finish,
+    GenerationRequest,
+    SamplingParams,
+    ServedModel,
+    TokenChunk,
+)
+from rigpool.core.errors import BackendError, BadRequest
+from rigpool.hardware.catalog import GpuSpec, find_gpu
+from rigpool.hardware.memory import best_quant_that_fits
+from rigpool.hardware.models import find_model
+from rigpool.hardware.perf import estimate
+
+# fmt: off
+FILLER_WORDS = (
+    "the", "a", "rig", "pool", "of", "idle", "cards", "serves", "tokens", "to", "anyone", "who",
+    "asks", "with", "fair", "price", "and", "an", "honest", "meter", "while", "network", "routes",
+    "around", "slow", "machines", "hedges", "tail", "pays", "every", "provider", "for", "token",
+    "it", "served", "on", "time", "under", "load", "across", "regions",
+)
+# fmt: on
+
+#: bytes of prompt text per token when estimating prefill time (English BPE averages ~4).
+BYTES_PER_TOKEN = 4
+
+
+class EmulatedBackend(Backend):
+    kind = "emulated"
+    emulated = True
+
+    def __init__(
+        self,
+        gpu: str,
+        served_name: str,
+        *,
+        context_length: int = 2048,
+        timing_model: str = "llama-3.1-8b",
+        time_scale: float = 1.0,
+    ):
+        self.gpu: GpuSpec = find_gpu(gpu)
+        self.arch = find_model(timing_model)
+        quant = best_quant_that_fits(self.arch, self.gpu, context=min(context_length, 4096))
+        if quant is None:
+            raise BadRequest(
+                f"{timing_model} fits on an emulated {self.gpu.name} "
+                f"({self.gpu.vram_gb:.0f} GB) at no supported precision"
+            )
+        self.quant = quant
+        self.served_name = served_name
+        self.context_length = context_length
+        self.time_scale = time_scale
+        self._active = 0
+
+    def models(self) -> list[ServedModel]:
+        return [ServedModel(self.served_name, self.context_length)]
+
+    def timing(self, prompt_tokens: int, batch: int) -> tuple[float, float]:
+        """(time to first token, time per output token) in seconds at this batch size."""
+        perf = estimate(self.gpu, self.arch, self.quant, batch=max(1, batch))
+        return perf.ttft_s(prompt_tokens) * self.time_scale, perf.tpot_s * self.time_scale
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenChunk | Finish]:
+        if request.model != self.served_name:
+            raise BackendError(f"model {request.model} is not served here", retryable=True)
+        prompt_tokens = max(1, len(request.prompt.encode()) // BYTES_PER_TOKEN)
+        sampling = request.sampling
+        digest = hashlib.sha256(f"{request.prompt}\x00{sampling.seed}".encode()).digest()
+        rng = random.Random(int.from_bytes(digest[:8], "big"))
+        self._active += 1
+        try:
+            ttft, _ = self.timing(prompt_tokens, self._active)
+            await asyncio.sleep(ttft)
+            text = ""
+            for produced in range(sampling.max_tokens):
+                if produced:
+                    _, tpot = self.timing(prompt_tokens + produced, self._active)
+                    await asyncio.sleep(tpot)
+                piece = (" " if produced else "") + rng.choice(FILLER_WORDS)
+                text += piece
+                hit = next((s for s in sampling.stop if s in text), None)
+                if hit is not None:
+                    keep = text.index(hit) - (len(text) - len(piece))
+                    if keep > 0:
+                        yield TokenChunk(piece[:keep], logprob=_filler_logprob(sampling))
+                    yield Finish("stop", produced + (1 if keep > 0 else 0))
+                    return
+                yield TokenChunk(piece, logprob=_filler_logprob(sampling))
+            yield Finish("length", sampling.max_tokens)
+        finally:
+            self._active -= 1
+
+
+def _filler_logprob(sampling: SamplingParams) -> float | None:
+    """Filler is drawn uniformly from the word list: that is its honest log-probability."""
+    return -math.log(len(FILLER_WORDS)) if sampling.logprobs else None

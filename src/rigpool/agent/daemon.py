@@ -1,0 +1,275 @@
+"""The provider daemon: dials out to the coordinator and serves generations from a backend.
+
+Why dial out: home rigs sit behind NAT and firewalls, so the agent opens the one WebSocket and the
+coordinator never needs an inbound port. The connection is re-established with exponential
+backoff and jitter whenever it drops, so a coordinator restart heals by itself without a
+thundering herd of agents reconnecting in the same millisecond.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from rigpool.agent.backends.base import Backend, Finish, GenerationRequest, SamplingParams
+from rigpool.core.errors import BackendError
+from rigpool.protocol.messages import (
+    MAX_FRAME_BYTES,
+    Cancel,
+    Capabilities,
+    Done,
+    Error,
+    Generate,
+    Heartbeat,
+    Hello,
+    ProtocolError,
+    Refused,
+    Token,
+    TopLogprob,
+    Welcome,
+    decode_coordinator_frame,
+    encode,
+)
+from rigpool.protocol.signing import Identity, canonical_bytes, new_nonce
+
+log = logging.getLogger(__name__)
+
+
+class AgentRefused(RuntimeError):
+    """The coordinator refused this agent for a reason that retrying will not fix."""
+
+
+def agent_url(coordinator: str) -> str:
+    """http(s)://host:port -> ws(s)://host:port/agent/v1/connect."""
+    base = coordinator.rstrip("/")
+    if base.startswith("http://"):
+        base = "ws://" + base[len("http://") :]
+    elif base.startswith("https://"):
+        base = "wss://" + base[len("https://") :]
+    elif not base.startswith(("ws://", "wss://")):
+        base = "ws://" + base
+    return base + "/agent/v1/connect"
+
+
+def signed_hello(identity: Identity, capabilities: Capabilities) -> Hello:
+    hello = Hello(
+        agent_id=identity.agent_id,
+        nonce=new_nonce(),
+        timestamp=time.time(),
+        capabilities=capabilities,
+    )
+    return hello.model_copy(update={"signature": identity.sign(canonical_bytes(hello))})
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with full jitter (AWS architecture blog's recommendation)."""
+
+    initial_s: float = 0.5
+    max_s: float = 30.0
+    attempt: int = 0
+
+    def next_delay(self) -> float:
+        cap = min(self.max_s, self.initial_s * (2**self.attempt))
+        self.attempt += 1
+        return random.uniform(cap / 2, cap)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class Agent:
+    """One provider: an identity, a backend, and a connection loop."""
+
+    def __init__(
+        self,
+        coordinator: str,
+        identity: Identity,
+        backend: Backend,
+        capabilities: Capabilities,
+        *,
+        on_status: Callable[[str], None] | None = None,
+    ):
+        self.url = agent_url(coordinator)
+        self.identity = identity
+        self.backend = backend
+        self.capabilities = capabilities
+        self.on_status = on_status or (lambda msg: log.info("%s", msg))
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._slots = asyncio.Semaphore(capabilities.max_concurrency)
+        self._send_lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run_forever(self) -> None:
+        """Connect, serve, reconnect with backoff; return when stopped, raise when refused."""
+        backoff = Backoff()
+        while not self._stopping.is_set():
+            try:
+                async with connect(
+                    self.url, max_size=MAX_FRAME_BYTES, open_timeout=10, ping_interval=10
+                ) as ws:
+                    await self._serve_connection(ws, backoff)
+            except AgentRefused:
+                raise
+            except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
+                if self._stopping.is_set():
+                    break
+                delay = backoff.next_delay()
+                self.on_status(
+                    f"coordinator unreachable ({type(exc).__name__}); retry in {delay:.1f} s"
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+            except InvalidURI as exc:
+                raise AgentRefused(f"bad coordinator URL: {exc}") from exc
+        await self.backend.close()
+
+    async def _send(
+        self, ws: ClientConnection, frame: Token | Done | Error | Heartbeat | Hello
+    ) -> None:
+        async with self._send_lock:
+            await ws.send(encode(frame))
+
+    async def _serve_connection(self, ws: ClientConnection, backoff: Backoff) -> None:
+        await self._send(ws, signed_hello(self.identity, self.capabilities))
+        reply = decode_coordinator_frame(await asyncio.wait_for(ws.recv(), 15))
+        if isinstance(reply, Refused):
+            if reply.retry:
+                raise ConnectionClosed(None, None)
+            raise AgentRefused(f"coordinator refused this agent: {reply.reason}")
+        if not isinstance(reply, Welcome):
+            raise AgentRefused(f"unexpected answer to hello: {reply.type}")
+        backoff.reset()
+        models = ", ".join(m.name for m in self.capabilities.models)
+        self.on_status(f"connected as {self.identity.agent_id} serving {models}")
+        heartbeat = asyncio.create_task(self._heartbeats(ws, reply.heartbeat_interval_s))
+        stop_wait = asyncio.create_task(self._stopping.wait())
+        try:
+            while True:
+                recv = asyncio.create_task(ws.recv())
+                done, _ = await asyncio.wait({recv, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if stop_wait in done:
+                    recv.cancel()
+                    await self._drain()
+                    return
+                raw = recv.result()
+                try:
+                    frame = decode_coordinator_frame(raw)
+                except ProtocolError as exc:
+                    log.warning("ignoring invalid frame from coordinator: %s", exc)
+                    continue
+                if isinstance(frame, Generate):
+                    task = asyncio.create_task(self._run(ws, frame))
+                    self._tasks[frame.request_id] = task
+                    task.add_done_callback(self._forget_task(frame.request_id))
+                elif isinstance(frame, Cancel):
+                    running = self._tasks.get(frame.request_id)
+                    if running is not None:
+                        running.cancel()
+        finally:
+            heartbeat.cancel()
+            stop_wait.cancel()
+            for task in list(self._tasks.values()):
+                task.cancel()
+            self.on_status("disconnected from coordinator")
+
+    def _forget_task(self, request_id: str) -> Callable[[asyncio.Task[None]], None]:
+        def forget(_task: asyncio.Task[None]) -> None:
+            self._tasks.pop(request_id, None)
+
+        return forget
+
+    async def _drain(self, timeout_s: float = 30.0) -> None:
+        """Let generations in flight finish (bounded) before leaving."""
+        if self._tasks:
+            self.on_status(f"draining {len(self._tasks)} request(s) before leaving")
+            await asyncio.wait(list(self._tasks.values()), timeout=timeout_s)
+
+    async def _heartbeats(self, ws: ClientConnection, interval_s: float) -> None:
+        with contextlib.suppress(ConnectionClosed, asyncio.CancelledError):
+            while True:
+                await self._send(ws, Heartbeat(active=len(self._tasks)))
+                await asyncio.sleep(interval_s)
+
+    async def _run(self, ws: ClientConnection, frame: Generate) -> None:
+        request = GenerationRequest(
+            request_id=frame.request_id,
+            model=frame.model,
+            prompt=frame.prompt,
+            messages=tuple(frame.messages) if frame.messages else None,
+            sampling=SamplingParams(
+                max_tokens=frame.sampling.max_tokens,
+                temperature=frame.sampling.temperature,
+                top_p=frame.sampling.top_p,
+                seed=frame.sampling.seed,
+                stop=tuple(frame.sampling.stop),
+                logprobs=frame.sampling.logprobs,
+                top_logprobs=frame.sampling.top_logprobs,
+            ),
+        )
+        index = 0
+        try:
+            async with self._slots:
+                stream = self.backend.generate(request)
+                try:
+                    async for item in stream:
+                        if isinstance(item, Finish):
+                            await self._send(
+                                ws,
+                                Done(
+                                    request_id=frame.request_id,
+                                    finish_reason="length"
+                                    if item.finish_reason == "length"
+                                    else "stop",
+                                    completion_tokens_claimed=item.completion_tokens,
+                                ),
+                            )
+                            return
+                        await self._send(
+                            ws,
+                            Token(
+                                request_id=frame.request_id,
+                                index=index,
+                                text=item.text,
+                                token_id=item.token_id,
+                                logprob=item.logprob,
+                                top_logprobs=[
+                                    TopLogprob(text=t, logprob=lp) for t, lp in item.top_logprobs
+                                ],
+                            ),
+                        )
+                        index += 1
+                finally:
+                    await stream.aclose()  # type: ignore[attr-defined]
+            raise BackendError("backend ended without finishing", retryable=True)
+        except BackendError as exc:
+            with contextlib.suppress(ConnectionClosed):
+                await self._send(
+                    ws,
+                    Error(
+                        request_id=frame.request_id, message=exc.message, retryable=exc.retryable
+                    ),
+                )
+        except ConnectionClosed:
+            pass
+        except Exception as exc:  # a backend bug must not kill the agent
+            log.exception("backend crashed on %s", frame.request_id)
+            with contextlib.suppress(ConnectionClosed):
+                await self._send(
+                    ws,
+                    Error(
+                        request_id=frame.request_id,
+                        message=f"backend crashed: {type(exc).__name__}",
+                    ),
+                )

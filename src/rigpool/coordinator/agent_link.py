@@ -1,0 +1,150 @@
+"""The agents' side of the coordinator: the WebSocket endpoint agents dial out to.
+
+Life of a connection: the agent sends a signed `hello` within a few seconds; the coordinator checks
+the protocol version, the timestamp window, the signature and the nonce (replays refused, durable
+across restarts), keeps the registered models of the offer and answers `welcome`. From then on
+the agent sends heartbeats and request frames. A frame that is not valid protocol is logged and,
+past a few, ends the session: its requests fail with a retryable error and move elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from rigpool.coordinator.hub import AgentSession
+from rigpool.coordinator.registry import provider_offline, provider_online, remember_nonce
+from rigpool.coordinator.state import CoordinatorState
+from rigpool.protocol.messages import (
+    PROTOCOL_VERSION,
+    Heartbeat,
+    Hello,
+    ProtocolError,
+    Refused,
+    Welcome,
+    decode_agent_frame,
+    encode,
+    major,
+)
+from rigpool.protocol.signing import canonical_bytes, verify
+
+log = logging.getLogger(__name__)
+
+HELLO_TIMEOUT_S = 10.0
+MAX_GARBAGE_FRAMES = 3
+
+router = APIRouter()
+
+
+def check_hello(state: CoordinatorState, hello: Hello, now: float) -> str | None:
+    """Why a hello is refused, or None when it is accepted (nonce recorded)."""
+    settings = state.settings
+    if major(hello.protocol_version) != major(PROTOCOL_VERSION):
+        return (
+            f"protocol version {hello.protocol_version} is not compatible with the "
+            f"coordinator's {PROTOCOL_VERSION}"
+        )
+    if abs(now - hello.timestamp) > settings.hello_window_s:
+        return (
+            f"hello timestamp is {now - hello.timestamp:+.0f} s off the coordinator's clock "
+            f"(window {settings.hello_window_s:.0f} s); check the agent's clock"
+        )
+    if not verify(hello.agent_id, canonical_bytes(hello), hello.signature):
+        return "bad signature on hello"
+    # CPU-only agents can't be attested either: they count as unverified like emulated ones.
+    unverified = hello.capabilities.emulated or not hello.capabilities.gpus
+    if unverified and not settings.allow_unverified_agents:
+        return "emulated/CPU agents are unverified and only allowed on a development network"
+    if not remember_nonce(
+        state.db, hello.agent_id, hello.nonce, hello.timestamp, settings.hello_window_s
+    ):
+        return "replayed hello (nonce already used)"
+    return None
+
+
+@router.websocket("/agent/v1/connect")
+async def agent_connect(ws: WebSocket) -> None:
+    state: CoordinatorState = ws.app.state.coordinator
+    await ws.accept()
+    try:
+        raw = await asyncio.wait_for(ws.receive_text(), HELLO_TIMEOUT_S)
+        frame = decode_agent_frame(raw)
+        if not isinstance(frame, Hello):
+            raise ProtocolError(f"first frame must be hello, got {frame.type}")
+    except (TimeoutError, ProtocolError, WebSocketDisconnect, KeyError) as exc:
+        log.warning("agent refused before hello: %s", exc)
+        with contextlib.suppress(Exception):
+            await ws.send_text(encode(Refused(reason=f"expected a valid hello: {exc}")))
+            await ws.close(code=1008)
+        return
+
+    reason = await asyncio.to_thread(check_hello, state, frame, time.time())
+    if reason is not None:
+        log.warning("refused agent %s: %s", frame.agent_id, reason)
+        await ws.send_text(encode(Refused(reason=reason)))
+        await ws.close(code=1008)
+        return
+
+    accepted = [m.name for m in frame.capabilities.models if m.name in state.model_names()]
+    ignored = [m.name for m in frame.capabilities.models if m.name not in accepted]
+    if ignored:
+        log.warning("agent %s offers unregistered models %s (ignored)", frame.agent_id, ignored)
+
+    async def close() -> None:
+        with contextlib.suppress(Exception):
+            await ws.close(code=1001)
+
+    session = AgentSession(
+        agent_id=frame.agent_id,
+        capabilities=frame.capabilities,
+        send_text=ws.send_text,
+        close=close,
+        models=frozenset(accepted),
+    )
+    await asyncio.to_thread(provider_online, state.db, frame.agent_id, frame.capabilities, accepted)
+    replaced = state.hub.add(session)
+    if replaced is not None:
+        state.hub.remove(replaced, "agent reconnected elsewhere")
+        await replaced.close()
+    await ws.send_text(
+        encode(
+            Welcome(
+                agent_id=frame.agent_id, heartbeat_interval_s=state.settings.heartbeat_interval_s
+            )
+        )
+    )
+    log.info("agent %s online: %s, models %s", frame.agent_id, frame.capabilities.backend, accepted)
+    reason = "agent disconnected"
+    try:
+        while True:
+            raw = await asyncio.wait_for(ws.receive_text(), state.settings.heartbeat_timeout_s)
+            try:
+                msg = decode_agent_frame(raw)
+            except ProtocolError as exc:
+                session.garbage_frames += 1
+                log.warning("agent %s sent garbage (%s)", frame.agent_id, exc)
+                if session.garbage_frames >= MAX_GARBAGE_FRAMES:
+                    reason = "agent sent invalid frames"
+                    break
+                continue
+            session.last_heartbeat = time.time()
+            if isinstance(msg, Heartbeat):
+                session.reported_active = msg.active
+            elif isinstance(msg, Hello):
+                log.warning("agent %s sent a second hello; ignored", frame.agent_id)
+            else:
+                state.hub.deliver(session, msg)
+    except TimeoutError:
+        reason = "agent missed its heartbeats"
+    except (WebSocketDisconnect, RuntimeError):
+        reason = "agent disconnected"
+    finally:
+        state.hub.remove(session, reason)
+        log.info("agent %s offline: %s", frame.agent_id, reason)
+        if frame.agent_id not in state.hub.sessions:
+            await asyncio.to_thread(provider_offline, state.db, frame.agent_id)
+        await close()

@@ -1,0 +1,74 @@
+"""Wiring: the FastAPI application of the coordinator (gateway + agent link + fleet view)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+
+from rigpool import __version__
+from rigpool.coordinator import agent_link, fleet
+from rigpool.coordinator.db import open_database
+from rigpool.coordinator.models import register_model
+from rigpool.coordinator.registry import mark_all_offline
+from rigpool.coordinator.settings import Settings
+from rigpool.coordinator.state import CoordinatorState
+from rigpool.gateway import models_router
+from rigpool.gateway.chat import router as chat_router
+from rigpool.gateway.completions import router as completions_router
+from rigpool.gateway.errors import error_response, install_error_handlers
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    state = CoordinatorState(settings=settings, db=open_database(settings.database_url))
+    for folder in settings.model_dirs:
+        register_model(state.db, folder)
+    mark_all_offline(state.db)
+    state.refresh_models()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        log.info("coordinator up; models: %s", sorted(state.model_names()) or "none")
+        yield
+        for session in list(state.hub.sessions.values()):
+            state.hub.remove(session, "coordinator shutting down")
+            await session.close()
+
+    app = FastAPI(title="rigpool coordinator", version=__version__, lifespan=lifespan)
+    app.state.coordinator = state
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def limit_body(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        # Refuse oversized bodies from the header before reading them; chunked bodies without
+        # a length are capped while read (below).
+        length = request.headers.get("content-length")
+        limit = settings.max_body_bytes
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return error_response(413, f"request body exceeds {limit} bytes")
+        if length is None and request.method in ("POST", "PUT", "PATCH"):
+            body = b""
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    return error_response(413, f"request body exceeds {limit} bytes")
+            request._body = body
+        return await call_next(request)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, object]:
+        return {"ok": True, "agents": len(state.hub.sessions), "version": __version__}
+
+    app.include_router(models_router.router)
+    app.include_router(chat_router.router)
+    app.include_router(completions_router.router)
+    app.include_router(fleet.router)
+    app.include_router(agent_link.router)
+    return app

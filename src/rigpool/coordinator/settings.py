@@ -1,0 +1,53 @@
+"""Coordinator settings, read from RIGPOOL_* environment variables or CLI flags.
+
+Settings fail closed: outside development mode the coordinator refuses to start with the
+development admin secret or an in-memory database.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_ADMIN_SECRET = "dev-admin-secret-change-me"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RIGPOOL_", extra="ignore")
+
+    mode: Literal["development", "production"] = "development"
+    database_url: str = "sqlite:///.rigpool/coordinator.db"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    admin_secret: str = DEV_ADMIN_SECRET
+    #: Hugging Face model folders whose tokenizer the gateway uses to count tokens.
+    model_dirs: list[Path] = Field(default_factory=list)
+
+    # Limits on what callers may send.
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    max_messages: int = Field(default=256, ge=1)
+    max_n: int = Field(default=1, ge=1)
+
+    # Time limits: every request ends, none hangs.
+    request_timeout_s: float = Field(default=120.0, gt=0)
+    first_token_timeout_s: float = Field(default=30.0, gt=0)
+    inter_token_timeout_s: float = Field(default=15.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1, le=10)
+
+    # Agents.
+    heartbeat_interval_s: float = Field(default=2.0, gt=0)
+    heartbeat_timeout_s: float = Field(default=8.0, gt=0)
+    hello_window_s: float = Field(default=60.0, gt=0)
+    allow_unverified_agents: bool = True
+
+    @model_validator(mode="after")
+    def _fail_closed(self) -> Settings:
+        if self.mode == "production":
+            if self.admin_secret == DEV_ADMIN_SECRET:
+                raise ValueError("RIGPOOL_ADMIN_SECRET must be set outside development mode")
+            if self.allow_unverified_agents:
+                raise ValueError("unverified (CPU/emulated) agents are only allowed in development")
+        return self

@@ -1,0 +1,196 @@
+"""Coordinator <-> agent wire messages.
+
+Compatibility rule (guarded by tests/test_protocol.py): PROTOCOL_VERSION changes only when an
+existing field changes meaning or disappears. New fields always get defaults, and every decoder
+ignores fields it does not know, so an older agent talks to a newer coordinator and vice versa.
+A `hello` whose major version differs from ours is refused with a clear reason.
+
+Frames are JSON objects with a `type` discriminator, one per WebSocket text message.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+#: major.minor — major must match between peers; minor only adds fields with defaults.
+PROTOCOL_VERSION = "1.0"
+
+#: frames bigger than this are refused by both sides before parsing (a garbage flood guard).
+MAX_FRAME_BYTES = 1 << 20
+
+
+class _Frame(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class GpuInfo(_Frame):
+    name: str = Field(max_length=128)
+    vram_mb: int = Field(ge=0)
+    emulated: bool = False
+    index: int = 0
+    uuid: str | None = Field(default=None, max_length=128)
+
+
+class ModelOffer(_Frame):
+    """A model an agent serves, with its prices (USD per million tokens)."""
+
+    name: str = Field(min_length=1, max_length=256)
+    context_length: int = Field(ge=1)
+    price_in_per_mtok: float = Field(default=0.0, ge=0)
+    price_out_per_mtok: float = Field(default=0.0, ge=0)
+
+
+class Capabilities(_Frame):
+    gpus: list[GpuInfo] = Field(default_factory=list, max_length=64)
+    backend: str = Field(max_length=32)
+    emulated: bool = False
+    models: list[ModelOffer] = Field(default_factory=list, max_length=64)
+    region: str = Field(default="local", max_length=64)
+    max_concurrency: int = Field(default=4, ge=1, le=4096)
+    agent_version: str = Field(default="", max_length=64)
+
+
+class Hello(_Frame):
+    """First frame an agent sends: who it is and what it offers, signed by its key.
+
+    The signature covers the canonical JSON of every field except `signature` itself
+    (see `protocol.signing`), so nothing in the offer can be altered in flight.
+    """
+
+    type: Literal["hello"] = "hello"
+    protocol_version: str = PROTOCOL_VERSION
+    agent_id: str = Field(min_length=32, max_length=64)  # base58 ed25519 public key
+    nonce: str = Field(min_length=16, max_length=64)
+    timestamp: float
+    capabilities: Capabilities
+    signature: str = Field(default="", max_length=128)  # base58 ed25519 signature
+
+
+class Welcome(_Frame):
+    type: Literal["welcome"] = "welcome"
+    protocol_version: str = PROTOCOL_VERSION
+    agent_id: str
+    heartbeat_interval_s: float = 5.0
+
+
+class Refused(_Frame):
+    type: Literal["refused"] = "refused"
+    reason: str
+    retry: bool = False
+
+
+class Heartbeat(_Frame):
+    type: Literal["heartbeat"] = "heartbeat"
+    active: int = Field(default=0, ge=0)
+    queued: int = Field(default=0, ge=0)
+    vram_free_mb: int | None = Field(default=None, ge=0)
+
+
+class Sampling(_Frame):
+    max_tokens: int = Field(default=16, ge=1)
+    temperature: float = Field(default=1.0, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    seed: int | None = None
+    stop: list[str] = Field(default_factory=list, max_length=16)
+    logprobs: bool = False
+    top_logprobs: int = Field(default=0, ge=0, le=20)
+
+
+class Generate(_Frame):
+    type: Literal["generate"] = "generate"
+    request_id: str = Field(min_length=1, max_length=128)
+    model: str
+    prompt: str
+    messages: list[dict[str, str]] | None = None
+    sampling: Sampling = Field(default_factory=Sampling)
+    deadline: float | None = None  # unix time after which the result is useless
+
+
+class Cancel(_Frame):
+    type: Literal["cancel"] = "cancel"
+    request_id: str
+
+
+class TopLogprob(_Frame):
+    text: str
+    logprob: float
+
+
+class Token(_Frame):
+    """One streamed piece of a generation; `index` counts from 0 per request, without gaps."""
+
+    type: Literal["token"] = "token"
+    request_id: str = Field(max_length=128)
+    index: int = Field(ge=0)
+    text: str = Field(max_length=4096)
+    token_id: int | None = None
+    logprob: float | None = None
+    top_logprobs: list[TopLogprob] = Field(default_factory=list, max_length=20)
+
+
+class Done(_Frame):
+    type: Literal["done"] = "done"
+    request_id: str = Field(max_length=128)
+    finish_reason: Literal["stop", "length"] = "stop"
+    # The agent's own count: logged and compared, never billed (the gateway counts itself).
+    completion_tokens_claimed: int = Field(default=0, ge=0)
+
+
+class Error(_Frame):
+    type: Literal["error"] = "error"
+    request_id: str = Field(max_length=128)
+    message: str = Field(max_length=2048)
+    retryable: bool = True
+
+
+AgentFrame = Annotated[Hello | Heartbeat | Token | Done | Error, Field(discriminator="type")]
+CoordinatorFrame = Annotated[Welcome | Refused | Generate | Cancel, Field(discriminator="type")]
+
+_agent_adapter: TypeAdapter[AgentFrame] = TypeAdapter(AgentFrame)
+_coordinator_adapter: TypeAdapter[CoordinatorFrame] = TypeAdapter(CoordinatorFrame)
+
+
+class ProtocolError(ValueError):
+    """A frame that is too big, not JSON, or not a frame we know."""
+
+
+def _check_size(raw: str | bytes) -> None:
+    if len(raw) > MAX_FRAME_BYTES:
+        raise ProtocolError(f"frame of {len(raw)} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
+
+
+def decode_agent_frame(raw: str | bytes) -> Hello | Heartbeat | Token | Done | Error:
+    """Parse a frame sent by an agent; raises ProtocolError on anything malformed."""
+    _check_size(raw)
+    try:
+        return _agent_adapter.validate_json(raw)
+    except ValidationError as exc:
+        raise ProtocolError(_summarise(exc)) from None
+
+
+def decode_coordinator_frame(raw: str | bytes) -> Welcome | Refused | Generate | Cancel:
+    """Parse a frame sent by the coordinator; raises ProtocolError on anything malformed."""
+    _check_size(raw)
+    try:
+        return _coordinator_adapter.validate_json(raw)
+    except ValidationError as exc:
+        raise ProtocolError(_summarise(exc)) from None
+
+
+def encode(frame: BaseModel) -> str:
+    """Serialise a frame for the wire."""
+    return frame.model_dump_json()
+
+
+def major(version: str) -> str:
+    """The major part of a protocol version ("1.3" -> "1")."""
+    return version.split(".", 1)[0]
+
+
+def _summarise(exc: ValidationError) -> str:
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": (), "msg": "invalid"}
+    where = ".".join(str(p) for p in first.get("loc", ())) or "frame"
+    return f"invalid frame at {where}: {first.get('msg')} ({len(errors)} error(s))"
