@@ -256,10 +256,11 @@ def test_early_close_stops_streaming(server: Server) -> None:
         backend = OpenAIProxyBackend(server.url, "slow")
         texts: list[str] = []
         agen = backend.generate(_request())
-        async for item in agen:  # type: ignore[attr-defined]
+        async for item in agen:
+            assert isinstance(item, TokenChunk)
             texts.append(item.text)
             break
-        await agen.aclose()  # type: ignore[attr-defined]
+        await agen.aclose()  # type: ignore[attr-defined]  # declared AsyncIterator
         await backend.close()
         return texts
 

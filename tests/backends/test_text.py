@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from rigpool.agent.backends.text import IncrementalDetokenizer, find_stop, stop_holdback
 
 
-def _byte_decode(ids: list[int] | tuple[int, ...]) -> str:
+def _byte_decode(ids: Sequence[int]) -> str:
     return bytes(ids).decode("utf-8", errors="replace")
 
 

@@ -52,11 +52,13 @@ def build_backend(opts: ProvideOptions) -> Backend:
             raise ValueError("--backend emulated needs --emulate GPU-NAME (e.g. 'RTX 4090')")
         from rigpool.agent.backends.emulated import EmulatedBackend
 
+        folder = Path(opts.model) if opts.model and Path(opts.model).is_dir() else None
         return EmulatedBackend(
             opts.emulate,
-            served_name=opts.served_name or opts.model or "rigpool-toy-untrained",
+            served_name=opts.served_name or (folder.name if folder else opts.model) or "emulated",
             context_length=opts.context_length,
             timing_model=opts.timing_model,
+            tokenizer_dir=folder,
         )
     if kind == "openai-proxy":
         if not opts.proxy_url or not opts.model:

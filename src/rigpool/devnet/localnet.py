@@ -159,10 +159,10 @@ class LocalNetwork:
                 "--served-name", self.model_name,
                 "--region", "local",
             ]  # fmt: skip
-            if spec.gpu:
-                args += ["--emulate", spec.gpu]
-            else:
-                args += ["--model", str(self.model_dir), "--device", "cpu"]
+            # Emulated agents read the model folder only for its tokenizer (their filler text
+            # is then cut into real tokens); CPU agents load and run the model itself.
+            args += ["--model", str(self.model_dir)]
+            args += ["--emulate", spec.gpu] if spec.gpu else ["--device", "cpu"]
             self._spawn(f"provider-{i}", args)
         self._wait(
             lambda: self.online_providers() >= len(self.providers),

@@ -3,7 +3,8 @@
 Why it exists: the agent's `transformers` backend, the gateway's token counting and chat
 templating, and the whole devnet all need a real model folder (config, safetensors weights,
 tokenizer.json, chat template) to be exercised honestly, but tests and laptops must not download
-gigabytes or reach the network. So we build one from scratch in well under a second of compute:
+gigabytes or reach the network. So we build one from scratch, in a fraction of a second once
+torch and transformers are imported:
 
 * a byte-level BPE tokenizer (~1024 pieces) trained with the `tokenizers` library on a bundled
   original English text (`corpus.txt`), so token counts behave like a real tokenizer's;
@@ -11,8 +12,9 @@ gigabytes or reach the network. So we build one from scratch in well under a sec
   the real ones. Its output is gibberish by design, hence the unmistakable name
   ``rigpool-toy-untrained``.
 
-The build is deterministic: the same seed gives byte-identical files, so a hash of the folder can
-stand in for "the same model" across machines (the ledger and the verifier rely on that).
+The build is deterministic: the same seed gives byte-identical files (with the same torch,
+transformers and tokenizers versions; config.json records the transformers version), so a hash of
+the folder can identify "the same model" on every machine of a devnet.
 
 Consumers that avoid transformers (the gateway) read only ``tokenizer.json`` with `tokenizers` and
 ``chat_template`` from ``tokenizer_config.json`` with plain jinja2; both are written with that in

@@ -72,8 +72,13 @@ class Job:
         return "".join(self.texts)
 
     def completion_tokens(self) -> int:
-        """Metered by the gateway from the text the client received."""
-        return self.tokenizer.count(self.output)
+        """Metered by the gateway from the text the client received.
+
+        Re-encoding text can give more tokens than were generated (BPE is not canonical for
+        odd token sequences, e.g. from an untrained model); the client never pays for more
+        than the max_tokens it asked for.
+        """
+        return min(self.tokenizer.count(self.output), self.sampling.max_tokens)
 
 
 def resolve_model(state: CoordinatorState, name: str) -> tuple[Model, ModelTokenizer]:
@@ -189,6 +194,11 @@ async def generate(state: CoordinatorState, job: Job) -> AsyncGenerator[Token, N
         candidates = _candidates(state, job.model.name)
         choice = state.router.choose(candidates, exclude=excluded)
         if choice is None:
+            if job.attempts:
+                raise NoCapacity(
+                    f"The request failed on {job.attempts} provider(s) (last: {last_error}) and no "
+                    f"other provider serves '{job.model.name}'; retry later.",
+                )
             if not candidates:
                 raise NoCapacity(
                     f"No provider is serving model '{job.model.name}' right now; try again later.",

@@ -5,7 +5,8 @@ timing of each token comes from `hardware.perf` — the same model the simulator
 GPU named and a reference architecture (`timing_model`, Llama-3.1-8B by default) at the highest
 precision that fits that card, so an emulated RTX 3060 is as slow, relative to an emulated A100,
 as the real cards would be. The text is deterministic filler drawn from a fixed word list, seeded
-by the prompt and the request's seed: it is not a model's output and is always reported as
+by the prompt and the request's seed, cut into the served model's tokens when its tokenizer is
+at hand: it is not a model's output and is always reported as
 emulated (`emulated=True` in the hello and in the fleet view).
 """
 
@@ -15,7 +16,10 @@ import asyncio
 import hashlib
 import math
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+from tokenizers import Tokenizer
 
 from rigpool.agent.backends.base import (
     Backend,
@@ -56,6 +60,7 @@ class EmulatedBackend(Backend):
         context_length: int = 2048,
         timing_model: str = "llama-3.1-8b",
         time_scale: float = 1.0,
+        tokenizer_dir: Path | None = None,
     ):
         self.gpu: GpuSpec = find_gpu(gpu)
         self.arch = find_model(timing_model)
@@ -70,6 +75,11 @@ class EmulatedBackend(Backend):
         self.context_length = context_length
         self.time_scale = time_scale
         self._active = 0
+        # With the served model's tokenizer, each filler chunk is exactly one real token, so the
+        # gateway's count matches max_tokens; without it, each word counts as one token.
+        self._tokenizer: Tokenizer | None = None
+        if tokenizer_dir is not None and (tokenizer_dir / "tokenizer.json").exists():
+            self._tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
 
     def models(self) -> list[ServedModel]:
         return [ServedModel(self.served_name, self.context_length)]
@@ -82,7 +92,7 @@ class EmulatedBackend(Backend):
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenChunk | Finish]:
         if request.model != self.served_name:
             raise BackendError(f"model {request.model} is not served here", retryable=True)
-        prompt_tokens = max(1, len(request.prompt.encode()) // BYTES_PER_TOKEN)
+        prompt_tokens = self._count(request.prompt)
         sampling = request.sampling
         digest = hashlib.sha256(f"{request.prompt}\x00{sampling.seed}".encode()).digest()
         rng = random.Random(int.from_bytes(digest[:8], "big"))
@@ -91,11 +101,12 @@ class EmulatedBackend(Backend):
             ttft, _ = self.timing(prompt_tokens, self._active)
             await asyncio.sleep(ttft)
             text = ""
+            pieces = self._filler(rng)
             for produced in range(sampling.max_tokens):
                 if produced:
                     _, tpot = self.timing(prompt_tokens + produced, self._active)
                     await asyncio.sleep(tpot)
-                piece = (" " if produced else "") + rng.choice(FILLER_WORDS)
+                piece = next(pieces)
                 text += piece
                 hit = next((s for s in sampling.stop if s in text), None)
                 if hit is not None:
@@ -108,6 +119,23 @@ class EmulatedBackend(Backend):
             yield Finish("length", sampling.max_tokens)
         finally:
             self._active -= 1
+
+    def _count(self, text: str) -> int:
+        if self._tokenizer is not None:
+            return max(1, len(self._tokenizer.encode(text, add_special_tokens=False).ids))
+        return max(1, len(text.encode()) // BYTES_PER_TOKEN)
+
+    def _filler(self, rng: random.Random) -> Iterator[str]:
+        """Endless filler, one token per item."""
+        first = True
+        while True:
+            word = ("" if first else " ") + rng.choice(FILLER_WORDS)
+            first = False
+            if self._tokenizer is None:
+                yield word
+                continue
+            for token_id in self._tokenizer.encode(word, add_special_tokens=False).ids:
+                yield self._tokenizer.decode([token_id], skip_special_tokens=False)
 
 
 def _filler_logprob(sampling: SamplingParams) -> float | None:

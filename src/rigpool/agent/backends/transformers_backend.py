@@ -22,7 +22,7 @@ import contextlib
 import inspect
 import math
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -263,7 +263,7 @@ class TransformersBackend(Backend):
         self,
         prompt_ids: list[int],
         sampling: SamplingParams,
-        send_token: Any,
+        send_token: Callable[[TokenChunk], bool],
         stop: threading.Event,
     ) -> Finish | None:
         torch = self._torch

@@ -2,7 +2,8 @@
 
 from alembic import context
 
-from rigpool.coordinator.tables import Base
+import rigpool.coordinator.tables  # noqa: F401 - registers the tables on Base
+from rigpool.core.sqlbase import Base
 
 target_metadata = Base.metadata
 

@@ -1,0 +1,741 @@
+"""Ledger: the double-entry book of every token the network holds.
+
+Every public operation is *one* balanced journal transaction (postings sum to zero) inside *one*
+database transaction, keyed by an idempotency key:
+
+- replaying a key with the same arguments returns the first result and moves nothing, so a
+  gateway or a retry loop can call again after a timeout without double charging;
+- the same key with different arguments raises `IdempotencyConflict`;
+- invalid input raises a `LedgerError` (a `BadRequest`) before anything is written, and a
+  balance that would go below zero aborts the whole database transaction.
+
+Balances are updated with a conditional `UPDATE ... WHERE balance + delta >= 0`, so the check
+and the write are one statement: two concurrent holds can't both spend the same balance, on
+SQLite or PostgreSQL. A process-wide lock additionally serializes writers, which keeps SQLite
+from answering "database is locked" to threads of the same coordinator.
+
+All methods are synchronous and thread-safe: call them from async code with
+`await asyncio.to_thread(ledger.hold, consumer, amount, key)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import base58
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from rigpool.ledger import merkle
+from rigpool.ledger.errors import (
+    DuplicateDeposit,
+    IdempotencyConflict,
+    InsufficientFunds,
+    InvalidAmount,
+    InvalidReceipt,
+    InvalidState,
+    LedgerError,
+    UnknownAccount,
+)
+from rigpool.ledger.pricing import network_fee
+from rigpool.ledger.receipts import SignedReceipt
+from rigpool.ledger.tables import (
+    EXTERNAL_OWNER,
+    NETWORK_OWNER,
+    Account,
+    AccountKind,
+    Deposit,
+    Epoch,
+    Hold,
+    JournalTx,
+    Payout,
+    Posting,
+    Receipt,
+    Slash,
+    Unbonding,
+)
+
+K = AccountKind
+MAX_AMOUNT = 2**62  # far above any supply; keeps every sum inside a signed 64-bit column
+
+
+def utcnow() -> datetime:
+    """Naive UTC, as the coordinator's tables store it."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def check_amount(value: object, name: str = "amount", *, allow_zero: bool = False) -> int:
+    """An amount is an `int` of base units, positive (or zero where allowed), never a float."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidAmount(f"{name} must be an integer number of base units, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero) or value >= MAX_AMOUNT:
+        bound = "non-negative" if allow_zero else "positive"
+        raise InvalidAmount(f"{name} must be {bound} and below 2**62, got {value}")
+    return value
+
+
+def check_owner(value: object, name: str = "owner") -> str:
+    if not isinstance(value, str) or not value or len(value) > 64:
+        raise LedgerError(f"{name} must be a non-empty id of at most 64 characters")
+    return value
+
+
+def check_wallet(value: str, name: str = "destination") -> str:
+    """A Solana wallet: base58 of 32 bytes (an ed25519 public key)."""
+    try:
+        raw = base58.b58decode(value)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise LedgerError(f"{name} {value!r} is not a base58 Solana address")
+    return value
+
+
+@dataclass(frozen=True)
+class Capture:
+    """What `capture` did: `charged` = provider_amount + fee; `released` went back."""
+
+    hold_id: int
+    charged: int
+    fee: int
+    provider_amount: int
+    released: int
+
+
+@dataclass(frozen=True)
+class EpochClose:
+    """An epoch just closed: its Merkle root and the payouts queued for it."""
+
+    epoch_id: int
+    merkle_root: str
+    receipt_count: int
+    payout_count: int
+    total: int
+
+
+Legs = list[tuple[Account, int]]
+
+
+class Ledger:
+    """Accounts, holds, stakes and payouts over a SQLAlchemy `sessionmaker`.
+
+    Get one with `Ledger(open_database(url))`; the schema comes from the Alembic migrations.
+    """
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        *,
+        unbonding_period: timedelta = timedelta(days=7),
+        clock: Callable[[], datetime] = utcnow,
+    ):
+        self.sessions = sessions
+        self.unbonding_period = unbonding_period
+        self.clock = clock
+        self.lock = threading.RLock()
+
+    # ------------------------------------------------------------------ core
+
+    def apply(
+        self,
+        key: str,
+        kind: str,
+        params: dict[str, Any],
+        build: Callable[[Session, JournalTx, datetime], tuple[Legs, dict[str, Any]]],
+        *,
+        on_replay: Callable[[JournalTx], None] | None = None,
+        memo: str = "",
+        reference: str | None = None,
+    ) -> dict[str, Any]:
+        """Run one movement exactly once per `key`; `build` returns (legs, result).
+
+        `build` runs inside the database transaction after the journal row exists (so business
+        rows can point at it) and may raise to abort everything.
+        """
+        if not isinstance(key, str) or not key or len(key) > 200:
+            raise LedgerError("idempotency key must be a non-empty string of at most 200 chars")
+        digest = hashlib.sha256(
+            json.dumps({"kind": kind, **params}, sort_keys=True, default=str).encode()
+        ).hexdigest()
+        with self.lock, self.sessions() as s, s.begin():
+            old = s.scalar(select(JournalTx).where(JournalTx.idempotency_key == key))
+            if old is not None:
+                if old.request_hash != digest:
+                    raise IdempotencyConflict(
+                        f"idempotency key {key!r} was used for a different {old.kind}"
+                    )
+                if on_replay is not None:
+                    on_replay(old)
+                return dict(old.result)
+            now = self.clock()
+            tx = JournalTx(
+                idempotency_key=key,
+                kind=kind,
+                request_hash=digest,
+                memo=memo,
+                reference=reference,
+                result={},
+                created=now,
+            )
+            s.add(tx)
+            s.flush()
+            legs, result = build(s, tx, now)
+            self.post(s, tx.id, legs)
+            tx.result = result
+        return result
+
+    def post(self, s: Session, tx_id: int, legs: Legs) -> None:
+        """Write balanced legs and move the balances; refuse any non-external overdraft."""
+        merged: dict[int, int] = {}
+        accounts: dict[int, Account] = {}
+        for account, amount in legs:
+            merged[account.id] = merged.get(account.id, 0) + amount
+            accounts[account.id] = account
+        if sum(merged.values()) != 0:
+            raise AssertionError(f"unbalanced journal tx: legs sum to {sum(merged.values())}")
+        rows = [(aid, amt) for aid, amt in merged.items() if amt != 0]
+        # Debits first, so an overdraft fails before any credit is written.
+        for aid, amt in sorted(rows, key=lambda r: r[1]):
+            acc = accounts[aid]
+            stmt = update(Account).where(Account.id == aid)
+            if acc.kind != K.EXTERNAL and amt < 0:
+                stmt = stmt.where(Account.balance + amt >= 0)
+            done = s.execute(stmt.values(balance=Account.balance + amt))
+            if done.rowcount != 1:  # type: ignore[attr-defined]
+                have = s.scalar(select(Account.balance).where(Account.id == aid))
+                raise InsufficientFunds(
+                    f"{acc.kind} account of {acc.owner} holds {have}, cannot take {-amt}"
+                )
+        if rows:
+            s.execute(
+                insert(Posting),
+                [{"tx_id": tx_id, "account_id": aid, "amount": amt} for aid, amt in rows],
+            )
+
+    def account(self, s: Session, kind: K, owner: str, *, create: bool) -> Account:
+        acc = s.scalar(select(Account).where(Account.kind == kind, Account.owner == owner))
+        if acc is None:
+            if not create:
+                raise UnknownAccount(f"no {kind} account for {owner!r}")
+            acc = Account(kind=str(kind), owner=owner, balance=0, created=self.clock())
+            s.add(acc)
+            s.flush()
+        return acc
+
+    def external(self, s: Session) -> Account:
+        return self.account(s, K.EXTERNAL, EXTERNAL_OWNER, create=True)
+
+    def treasury(self, s: Session) -> Account:
+        return self.account(s, K.TREASURY, NETWORK_OWNER, create=True)
+
+    def payout_pending(self, s: Session) -> Account:
+        return self.account(s, K.PAYOUT_PENDING, NETWORK_OWNER, create=True)
+
+    # ------------------------------------------------------------- balances
+
+    def balance(self, kind: K | str, owner: str) -> int:
+        """Balance of one account; 0 when it does not exist yet."""
+        with self.sessions() as s:
+            value = s.scalar(
+                select(Account.balance).where(Account.kind == str(kind), Account.owner == owner)
+            )
+        return int(value or 0)
+
+    def balances(self, owner: str | None = None) -> dict[tuple[str, str], int]:
+        """All balances as {(kind, owner): amount}, optionally for one owner."""
+        with self.sessions() as s:
+            q = select(Account.kind, Account.owner, Account.balance)
+            if owner is not None:
+                q = q.where(Account.owner == owner)
+            return {(k, o): int(b) for k, o, b in s.execute(q)}
+
+    def hold_info(self, hold_id: int) -> Hold:
+        with self.sessions() as s:
+            hold = s.get(Hold, hold_id)
+            if hold is None:
+                raise UnknownAccount(f"no hold {hold_id}")
+            return hold
+
+    # ------------------------------------------------------------- deposits
+
+    def credit_deposit(
+        self, owner: str, amount: int, tx_signature: str, *, purpose: str = "consumer"
+    ) -> int:
+        """Credit a confirmed on-chain transfer into the vault, exactly once per signature.
+
+        `purpose` "consumer" credits the spendable balance; "stake" bonds it as the provider's
+        stake. A signature seen before raises `DuplicateDeposit` (even with the same amount):
+        a second credit would mint tokens the vault does not hold. Returns the deposit id.
+        """
+        check_owner(owner)
+        check_amount(amount)
+        if not isinstance(tx_signature, str) or not 32 <= len(tx_signature) <= 128:
+            raise LedgerError(f"{tx_signature!r} is not a transaction signature")
+        if purpose not in ("consumer", "stake"):
+            raise LedgerError(f"deposit purpose must be consumer or stake, not {purpose!r}")
+        target = K.CONSUMER if purpose == "consumer" else K.PROVIDER_STAKE
+
+        def replayed(_old: JournalTx) -> None:
+            raise DuplicateDeposit(f"deposit {tx_signature} was already credited")
+
+        def build(s: Session, tx: JournalTx, now: datetime) -> tuple[Legs, dict[str, Any]]:
+            if s.scalar(select(Deposit.id).where(Deposit.tx_signature == tx_signature)):
+                raise DuplicateDeposit(f"deposit {tx_signature} was already credited")
+            dep = Deposit(
+                tx_signature=tx_signature,
+                owner=owner,
+                purpose=purpose,
+                amount=amount,
+                journal_tx_id=tx.id,
+                created=now,
+            )
+            s.add(dep)
+            s.flush()
+            legs = [(self.external(s), -amount), (self.account(s, target, owner, create=True), amount)]
+            return legs, {"deposit_id": dep.id}
+
+        try:
+            result = self.apply(
+                f"deposit:{tx_signature}",
+                "deposit",
+                {"owner": owner, "amount": amount, "purpose": purpose},
+                build,
+                on_replay=replayed,
+                reference=tx_signature,
+            )
+        except IdempotencyConflict as exc:
+            raise DuplicateDeposit(f"deposit {tx_signature} was already credited") from exc
+        return int(result["deposit_id"])
+
+    def stake(self, provider: str, amount: int, tx_signature: str) -> int:
+        """Bond `amount` the provider transferred into the vault (signature) as its stake."""
+        return self.credit_deposit(provider, amount, tx_signature, purpose="stake")
+
+    # ---------------------------------------------------------------- holds
+
+    def hold(self, consumer: str, amount: int, key: str) -> int:
+        """Reserve `amount` of the consumer's balance for one request; returns the hold id.
+
+        Raises `UnknownAccount` for a consumer that never deposited and `InsufficientFunds`
+        when the balance is below `amount` (a hold never exceeds the balance).
+        """
+        check_owner(consumer, "consumer")
+        check_amount(amount)
+
+        def build(s: Session, tx: JournalTx, now: datetime) -> tuple[Legs, dict[str, Any]]:
+            src = self.account(s, K.CONSUMER, consumer, create=False)
+            dst = self.account(s, K.CONSUMER_HOLD, consumer, create=True)
+            hold = Hold(consumer=consumer, amount=amount, state="active", created=now)
+            s.add(hold)
+            s.flush()
+            return [(src, -amount), (dst, amount)], {"hold_id": hold.id}
+
+        result = self.apply(key, "hold", {"consumer": consumer, "amount": amount}, build)
+        return int(result["hold_id"])
+
+    def capture(
+        self, hold_id: int, amount: int, provider: str, fee_bps: int, key: str
+    ) -> Capture:
+        """Charge the actual cost of a finished request and release the rest of its hold.
+
+        `amount` is capped at the hold: a consumer never pays more than was admitted. Of the
+        charge, `network_fee(charge, fee_bps)` goes to the treasury and the rest to the
+        provider's earnings (paid at the next epoch settlement).
+        """
+        check_amount(amount, allow_zero=True)
+        check_owner(provider, "provider")
+        network_fee(0, fee_bps)  # validates fee_bps
+
+        def build(s: Session, tx: JournalTx, now: datetime) -> tuple[Legs, dict[str, Any]]:
+            hold = s.get(Hold, hold_id)
+            if hold is None:
+                raise UnknownAccount(f"no hold {hold_id}")
+            if hold.state != "active":
+                raise InvalidState(f"hold {hold_id} is already {hold.state}")
+            charged = min(amount, hold.amount)
+            fee = network_fee(charged, fee_bps)
+            legs: Legs = [
+                (self.account(s, K.CONSUMER_HOLD, hold.consumer, create=False), -hold.amount),
+                (self.account(s, K.CONSUMER, hold.consumer, create=True), hold.amount - charged),
+            ]
+            if charged - fee:
+                earn = self.account(s, K.PROVIDER_EARNINGS, provider, create=True)
+                legs.append((earn, charged - fee))
+            if fee:
+                legs.append((self.treasury(s), fee))
+            hold.state, hold.captured, hold.provider, hold.closed = "captured", charged, provider, now
+            return legs, {
+                "hold_id": hold_id,
+                "charged": charged,
+                "fee": fee,
+                "provider_amount": charged - fee,
+                "released": hold.amount - charged,
+            }
+
+        params = {"hold_id": hold_id, "amount": amount, "provider": provider, "fee_bps": fee_bps}
+        return Capture(**self.apply(key, "capture", params, build, reference=str(hold_id)))
+
+    def release(self, hold_id: int, key: str | None = None) -> int:
+        """Give a hold back in full (a failed request costs nothing); returns the amount.
+
+        Calling it twice is safe (the default key is per hold). Releasing a captured hold is an
+        `InvalidState` error.
+        """
+
+        def build(s: Session, tx: JournalTx, now: datetime) -> tuple[Legs, dict[str, Any]]:
+            hold = s.get(Hold, hold_id)
+            if hold is None:
+                raise UnknownAccount(f"no hold {hold_id}")
+            if hold.state != "active":
+                raise InvalidState(f"hold {hold_id} is already {hold.state}")
+            hold.state, hold.closed = "released", now
+            legs: Legs = [
+                (self.account(s, K.CONSUMER_HOLD, hold.consumer, create=False), -hold.amount),
+                (self.account(s, K.CONSUMER, hold.consumer, create=False), hold.amount),
+            ]
+            return legs, {"released": hold.amount}
+
+        result = self.apply(
+            key or f"release:{hold_id}", "release", {"hold_id": hold_id}, build
+        )
+        return int(result["released"])
+
+    # -------------------------------------------------------------- payouts
+
+    def _queue_payout(
+        self,
+        s: Session,
+        now: datetime,
+        kind: str,
+        owner: str,
+        destination: str,
+        amount: int,
+        epoch_id: int | None = None,
+    ) -> Payout:
+        payout = Payout(
+            kind=kind,
+            owner=owner,
+            destination=destination,
+            amount=amount,
+            epoch_id=epoch_id,
+            state="queued",
+            created=now,
+        )
+        s.add(payout)
+        s.flush()
+        return payout
+
+    def withdraw(
+        self, consumer: str, amount: int, key: str, destination: str | None = None
+    ) -> int:
+        """Queue a payout of unused balance to the consumer's wallet; returns the payout id.
+
+        The tokens move to the payout-pending account now and leave the vault when a `Settler`
+        sends the queued payouts.
+        """
+        check_owner(consumer, "consumer")
+        check_amount(amount)
+        dest = check_wallet(destination or consumer)
+
+        def build(s: Session, tx: JournalTx, now: datetime) -> tuple[Legs, dict[str, Any]]:
+            src = self.account(s, K.CONSUMER, consumer, create=False)
+            payout = self._queue_payout(s, now, "withdrawal", consumer, dest, amount)
+            return [(src, -amount), (self.payout_pending(s), amount)], {"payout_id": payout.id}
+
+        params = {"consumer": consumer, "amount": amount, "destination": dest}
+        return int(self.apply(key, "withdraw", params, build)["payout_id"])
+
+    # -------------------------------------------------------------- staking
+
+    def unbond(self, provider: str, amount: int, key: str) -> int:
+        """Start unbonding part of a stake; withdrawable after `unbonding_period`.
+
+        The waiting period is what makes slashing work: fraud found late can still be punished
+        from stake that is on its way out. Returns the unbonding id.
+        """
+        check_owner(provider, "provider")
+        check_amount(amount)
+
+        def build(s: Session, tx: JournalTx, now: datetime) -> tuple[Legs, dict[str, Any]]:
+            stake = self.account(s, K.PROVIDER_STAKE, provider, create=False)
+            out = self.account(s, K.PROVIDER_UNBONDING, provider, create=True)
+            row = Unbonding(
+                provider=provider,
+                amount=amount,
+                available_at=now + self.unbonding_period,
+                state="pending",
+                created=now,
+            )
+            s.add(row)
+            s.flush()
+            return [(stake, -amount), (out, amount)], {"unbonding_id": row.id}
+
+        return int(
+            self.apply(key, "unbond", {"provider": provider, "amount": amount}, build)[
+                "unbonding_id"
+            ]
+        )
+
+    def withdraw_unbonded(self, provider: str, key: str) -> int:
+        """Queue a payout of every unbonding that is due; returns the amount queued."""
+        check_owner(provider, "provider")
+        check_wallet(provider, "provider")
+
+        def build(s: Session, tx: JournalTx, now: datetime) -> tuple[Legs, dict[str, Any]]:
+            due = s.scalars(
+                select(Unbonding).where(
+                    Unbonding.provider == provider,
+                    Unbonding.state == "pending",
+                    Unbonding.available_at <= now,
+                )
+            ).all()
+            total = sum(u.amount for u in due)
+            if total <= 0:
+                raise InvalidState(f"nothing unbonded is due for {provider} yet")
+            for u in due:
+                u.state = "withdrawn"
+            src = self.account(s, K.PROVIDER_UNBONDING, provider, create=False)
+            payout = self._queue_payout(s, now, "unbonded", provider, provider, total)
+            legs = [(src, -total), (self.payout_pending(s), total)]
+            return legs, {"amount": total, "payout_id": payout.id}
+
+        return int(self.apply(key, "withdraw_unbonded", {"provider": provider}, build)["amount"])
+
+    def slash(
+        self,
+        provider: str,
+        amount: int,
+        consumer_share: int,
+        reason: str,
+        evidence_ref: str,
+        *,
+        key: str,
+        consumer: str | None = None,
+    ) -> int:
+        """Penalize a provider: `consumer_share` to the harmed consumer, the rest to treasury.
+
+        Takes from the bonded stake first, then from stake still unbonding (newest first).
+        Raises `InsufficientFunds` when `amount` exceeds both together. Returns the slash id.
+        """
+        check_owner(provider, "provider")
+        check_amount(amount)
+        check_amount(consumer_share, "consumer_share", allow_zero=True)
+        if consumer_share > amount:
+            raise InvalidAmount("consumer_share cannot exceed the slashed amount")
+        if consumer_share and consumer is None:
+            raise LedgerError("a consumer share needs the harmed consumer's id")
+        if consumer is not None:
+            check_owner(consumer, "consumer")
+        if not reason.strip() or not evidence_ref.strip():
+            raise LedgerError("a slash needs a reason and an evidence reference")
+
+        def build(s: Session, tx: JournalTx, now: datetime) -> tuple[Legs, dict[str, Any]]:
+            stake = s.scalar(
+                select(Account).where(
+                    Account.kind == K.PROVIDER_STAKE, Account.owner == provider
+                )
+            )
+            pending = s.scalars(
+                select(Unbonding)
+                .where(Unbonding.provider == provider, Unbonding.state == "pending")
+                .order_by(Unbonding.available_at.desc(), Unbonding.id.desc())
+            ).all()
+            bonded = stake.balance if stake is not None else 0
+            if stake is None and not pending:
+                raise UnknownAccount(f"provider {provider!r} has no stake")
+            available = bonded + sum(u.amount for u in pending)
+            if amount > available:
+                raise InsufficientFunds(
+                    f"slash of {amount} is above the stake of {provider} ({available})"
+                )
+            from_stake = min(amount, bonded)
+            rest = amount - from_stake
+            legs: Legs = []
+            if from_stake and stake is not None:
+                legs.append((stake, -from_stake))
+            if rest:
+                legs.append((self.account(s, K.PROVIDER_UNBONDING, provider, create=False), -rest))
+            for u in pending:
+                if rest <= 0:
+                    break
+                take = min(rest, u.amount)
+                u.amount -= take
+                rest -= take
+                if u.amount == 0:
+                    u.state = "slashed"
+            if consumer_share and consumer is not None:
+                legs.append((self.account(s, K.CONSUMER, consumer, create=True), consumer_share))
+            if amount - consumer_share:
+                legs.append((self.treasury(s), amount - consumer_share))
+            row = Slash(
+                provider=provider,
+                amount=amount,
+                consumer=consumer,
+                consumer_share=consumer_share,
+                reason=reason,
+                evidence_ref=evidence_ref,
+                journal_tx_id=tx.id,
+                created=now,
+            )
+            s.add(row)
+            s.flush()
+            return legs, {"slash_id": row.id}
+
+        params = {
+            "provider": provider,
+            "amount": amount,
+            "consumer_share": consumer_share,
+            "consumer": consumer,
+            "reason": reason,
+            "evidence_ref": evidence_ref,
+        }
+        return int(self.apply(key, "slash", params, build, memo=reason)["slash_id"])
+
+    # ------------------------------------------------------------- receipts
+
+    def record_receipts(self, receipts: Iterable[SignedReceipt], *, verify: bool = True) -> int:
+        """Store countersigned receipts (batched in one database transaction).
+
+        Recording the same receipt twice is a no-op; a different receipt under a known request
+        id is refused. With `verify`, both signatures are checked first. Returns how many new
+        receipts were stored.
+        """
+        batch = list(receipts)
+        if verify:
+            for r in batch:
+                r.verify()
+        now = self.clock()
+        rows = {r.body.request_id: r for r in batch}
+        if len(rows) != len(batch):
+            raise InvalidReceipt("the batch holds two receipts for one request id")
+        with self.lock, self.sessions() as s, s.begin():
+            known: dict[str, str] = {}
+            ids = list(rows)
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                known.update(
+                    s.execute(
+                        select(Receipt.request_id, Receipt.leaf).where(
+                            Receipt.request_id.in_(chunk)
+                        )
+                    ).tuples()
+                )
+            new = []
+            for rid, r in rows.items():
+                leaf = r.leaf().hex()
+                if rid in known:
+                    if known[rid] != leaf:
+                        raise InvalidReceipt(f"another receipt for request {rid} is recorded")
+                    continue
+                b = r.body
+                new.append(
+                    {
+                        "request_id": rid,
+                        "provider": b.provider,
+                        "consumer": b.consumer,
+                        "amount": b.amount,
+                        "provider_amount": b.provider_amount,
+                        "leaf": leaf,
+                        "body": r.model_dump(mode="json"),
+                        "epoch_id": None,
+                        "created": now,
+                    }
+                )
+            if new:
+                s.execute(insert(Receipt), new)
+        return len(new)
+
+    def record_receipt(self, receipt: SignedReceipt) -> bool:
+        return self.record_receipts([receipt]) == 1
+
+    # ------------------------------------------------------------ epochs
+
+    def close_epoch(self, key: str) -> EpochClose:
+        """Close an epoch: seal the receipts so far under a Merkle root, queue net earnings.
+
+        Every provider-earnings balance above zero moves to payout-pending in this one journal
+        transaction, with one queued payout per provider; a `Settler` then sends them on chain
+        with the root in a Memo.
+        """
+
+        def build(s: Session, tx: JournalTx, now: datetime) -> tuple[Legs, dict[str, Any]]:
+            leaves_hex = s.execute(
+                select(Receipt.id, Receipt.leaf)
+                .where(Receipt.epoch_id.is_(None))
+                .order_by(Receipt.id)
+            ).all()
+            root = merkle.root([bytes.fromhex(h) for _, h in leaves_hex])
+            epoch = Epoch(
+                state="closed", merkle_root=root, receipt_count=len(leaves_hex), created=now
+            )
+            s.add(epoch)
+            s.flush()
+            if leaves_hex:
+                s.execute(
+                    update(Receipt)
+                    .where(Receipt.epoch_id.is_(None), Receipt.id <= leaves_hex[-1][0])
+                    .values(epoch_id=epoch.id)
+                )
+            earners = s.scalars(
+                select(Account)
+                .where(Account.kind == K.PROVIDER_EARNINGS, Account.balance > 0)
+                .order_by(Account.id)
+            ).all()
+            legs: Legs = []
+            total = 0
+            rows = []
+            for acc in earners:
+                legs.append((acc, -acc.balance))
+                total += acc.balance
+                rows.append(
+                    {
+                        "kind": "settlement",
+                        "owner": acc.owner,
+                        "destination": acc.owner,
+                        "amount": acc.balance,
+                        "epoch_id": epoch.id,
+                        "state": "queued",
+                        "created": now,
+                    }
+                )
+            if rows:
+                s.execute(insert(Payout), rows)
+                legs.append((self.payout_pending(s), total))
+            epoch.total_paid = total
+            return legs, {
+                "epoch_id": epoch.id,
+                "merkle_root": root,
+                "receipt_count": len(leaves_hex),
+                "payout_count": len(rows),
+                "total": total,
+            }
+
+        return EpochClose(**self.apply(key, "epoch", {}, build))
+
+    def epoch_leaves(self, epoch_id: int) -> list[tuple[str, str]]:
+        """(request_id, leaf hex) of an epoch, in tree order."""
+        with self.sessions() as s:
+            return [
+                (rid, leaf)
+                for rid, leaf in s.execute(
+                    select(Receipt.request_id, Receipt.leaf)
+                    .where(Receipt.epoch_id == epoch_id)
+                    .order_by(Receipt.id)
+                )
+            ]
+
+    def totals(self) -> dict[str, int]:
+        """Sum of balances per account kind (for reports and the audit)."""
+        with self.sessions() as s:
+            return {
+                k: int(v)
+                for k, v in s.execute(
+                    select(Account.kind, func.sum(Account.balance)).group_by(Account.kind)
+                )
+            }

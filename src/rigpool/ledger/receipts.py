@@ -1,0 +1,128 @@
+"""Receipts: what one completed request cost, signed by the agent and by the coordinator.
+
+Why two signatures: the agent's says "I served these tokens at this price"; the coordinator's
+countersignature (over the body *and* the agent's signature) says "the network metered and
+charged exactly this". A receipt is the unit of proof; its hash is a leaf of the epoch's Merkle
+tree, and the epoch's settlement transaction carries the root, so anyone holding the receipt,
+its proof and the chain can check it was paid without asking the coordinator.
+
+Keys are the Solana-compatible ed25519 identities of `rigpool.protocol.signing`; the
+coordinator's key is also the vault's authority, so the settlement transaction on chain is
+signed by the same key that countersigned the receipt.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rigpool.ledger import merkle
+from rigpool.ledger.errors import InvalidReceipt
+from rigpool.protocol.signing import Identity, verify
+
+AGENT_DOMAIN = b"rigpool-receipt-v1/agent:"
+COORDINATOR_DOMAIN = b"rigpool-receipt-v1/coordinator:"
+
+
+class ReceiptBody(BaseModel):
+    """The metered facts of one request. Amounts are integer base units of the token."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    request_id: str = Field(min_length=1, max_length=64)
+    model: str = Field(min_length=1, max_length=256)
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    price_input_per_million: int = Field(ge=0)
+    price_output_per_million: int = Field(ge=0)
+    amount: int = Field(ge=0, description="what the consumer paid")
+    fee: int = Field(ge=0, description="the network's fee, part of amount")
+    provider_amount: int = Field(ge=0, description="amount - fee, paid to the provider")
+    provider: str = Field(min_length=32, max_length=64, description="agent id = wallet")
+    consumer: str = Field(min_length=1, max_length=64)
+    coordinator: str = Field(min_length=32, max_length=64)
+    time: datetime
+
+    def canonical(self) -> bytes:
+        payload = self.model_dump(mode="json")
+        return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+
+
+class SignedReceipt(BaseModel):
+    """A receipt body with the agent's signature and the coordinator's countersignature."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    body: ReceiptBody
+    agent_signature: str
+    coordinator_signature: str
+
+    def leaf(self) -> bytes:
+        """The Merkle leaf: domain-separated hash of the canonical signed receipt."""
+        payload = self.model_dump(mode="json")
+        return merkle.leaf_hash(
+            json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+        )
+
+    def verify(self) -> None:
+        """Raise `InvalidReceipt` unless both signatures and the arithmetic hold."""
+        b = self.body
+        if b.provider_amount + b.fee != b.amount:
+            raise InvalidReceipt(f"receipt {b.request_id}: provider_amount + fee != amount")
+        if not verify(b.provider, AGENT_DOMAIN + b.canonical(), self.agent_signature):
+            raise InvalidReceipt(f"receipt {b.request_id}: bad agent signature")
+        if not verify(b.coordinator, _countersigned(b, self.agent_signature), self.coordinator_signature):
+            raise InvalidReceipt(f"receipt {b.request_id}: bad coordinator signature")
+
+
+def _countersigned(body: ReceiptBody, agent_signature: str) -> bytes:
+    return COORDINATOR_DOMAIN + body.canonical() + b"|" + agent_signature.encode()
+
+
+def agent_sign(body: ReceiptBody, agent: Identity) -> str:
+    """The agent's signature over a receipt body (what the agent returns at request end)."""
+    if agent.agent_id != body.provider:
+        raise InvalidReceipt("the signing agent is not the receipt's provider")
+    return agent.sign(AGENT_DOMAIN + body.canonical())
+
+
+def countersign(body: ReceiptBody, agent_signature: str, coordinator: Identity) -> SignedReceipt:
+    """Check the agent's signature, then add the coordinator's."""
+    if coordinator.agent_id != body.coordinator:
+        raise InvalidReceipt("the countersigning key is not the receipt's coordinator")
+    if not verify(body.provider, AGENT_DOMAIN + body.canonical(), agent_signature):
+        raise InvalidReceipt(f"receipt {body.request_id}: bad agent signature")
+    return SignedReceipt(
+        body=body,
+        agent_signature=agent_signature,
+        coordinator_signature=coordinator.sign(_countersigned(body, agent_signature)),
+    )
+
+
+class ReceiptProof(BaseModel):
+    """What `rigpool receipt verify FILE` reads: a receipt, its inclusion proof, and where
+    on chain its epoch was paid (a hint only; the verifier checks it on chain)."""
+
+    receipt: SignedReceipt
+    epoch_id: int
+    merkle_root: str
+    proof: list[dict[str, Any]]
+    mint: str
+    settlement_signatures: list[str] = Field(default_factory=list)
+
+    def steps(self) -> list[merkle.ProofStep]:
+        return [merkle.ProofStep(str(p["sibling"]), bool(p["left"])) for p in self.proof]
+
+    def write(self, path: Path) -> None:
+        path.write_text(self.model_dump_json(indent=2))
+
+    @classmethod
+    def read(cls, path: Path) -> ReceiptProof:
+        try:
+            return cls.model_validate_json(path.read_text())
+        except ValueError as exc:
+            raise InvalidReceipt(f"{path} is not a receipt proof file: {exc}") from exc
