@@ -10,7 +10,7 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from conftest import API_KEY, AgentThread, ServerThread, make_settings, wait_for
+from netsupport import API_KEY, AgentThread, ServerThread, make_settings, wait_for
 from rigpool.agent.backends.emulated import EmulatedBackend
 from rigpool.agent.daemon import agent_url, signed_hello
 from rigpool.coordinator.keys import create_key

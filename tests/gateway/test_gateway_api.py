@@ -6,16 +6,15 @@ import httpx
 import openai
 import pytest
 
-from conftest import API_KEY, AgentThread, wait_for
+from netsupport import API_KEY, AgentThread, wait_for
 from rigpool.agent.backends.emulated import EmulatedBackend
 from rigpool.devnet.localnet import TOY_MODEL_NAME
 
 
 @pytest.fixture
-def served(coordinator):
-    agent = AgentThread(
-        coordinator.url, EmulatedBackend("RTX 4090", TOY_MODEL_NAME, time_scale=0.1)
-    ).start()
+def served(coordinator, toy_model):
+    backend = EmulatedBackend("RTX 4090", TOY_MODEL_NAME, time_scale=0.1, tokenizer_dir=toy_model)
+    agent = AgentThread(coordinator.url, backend).start()
     wait_for(lambda: coordinator.agents_online() == 1, what="agent online")
     yield coordinator
     agent.stop()
@@ -61,7 +60,7 @@ def test_usage_is_counted_by_the_gateway_not_the_agent(served):
     state = served.app.state.coordinator
     tokenizer = load_tokenizer(state.model(TOY_MODEL_NAME).path)
     reply = client(served).completions.create(model=TOY_MODEL_NAME, prompt="abc", max_tokens=6)
-    assert reply.usage.completion_tokens == tokenizer.count(reply.choices[0].text)
+    assert reply.usage.completion_tokens == tokenizer.count(reply.choices[0].text) == 6
     assert reply.usage.prompt_tokens == tokenizer.count("abc")
 
 

@@ -619,13 +619,10 @@ class Ledger:
             ids = list(rows)
             for i in range(0, len(ids), 500):
                 chunk = ids[i : i + 500]
-                known.update(
-                    s.execute(
-                        select(Receipt.request_id, Receipt.leaf).where(
-                            Receipt.request_id.in_(chunk)
-                        )
-                    ).tuples()
-                )
+                for rid, leaf in s.execute(
+                    select(Receipt.request_id, Receipt.leaf).where(Receipt.request_id.in_(chunk))
+                ):
+                    known[rid] = leaf
             new = []
             for rid, r in rows.items():
                 leaf = r.leaf().hex()

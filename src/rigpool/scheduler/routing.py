@@ -404,8 +404,7 @@ class Router:
         return NoCandidate(
             model,
             "excluded",
-            f"all {len(records)} eligible agent(s){where} for model '{model}' were already "
-            "tried",
+            f"all {len(records)} eligible agent(s){where} for model '{model}' were already tried",
         )
 
     def on_dispatch(self, agent_id: str) -> None:

@@ -3,6 +3,7 @@
 from alembic import context
 
 import rigpool.coordinator.tables  # noqa: F401 - registers the tables on Base
+import rigpool.ledger.tables  # noqa: F401
 from rigpool.core.sqlbase import Base
 
 target_metadata = Base.metadata

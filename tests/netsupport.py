@@ -1,0 +1,111 @@
+"""Test helpers: a real coordinator on loopback in a thread, agents in threads, waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import uvicorn
+from sqlalchemy.orm import Session, sessionmaker
+
+from rigpool.coordinator.app import create_app
+from rigpool.coordinator.settings import Settings
+from rigpool.devnet.localnet import free_port
+from rigpool.protocol.messages import MAX_FRAME_BYTES
+
+API_KEY = "rp-test-key-0123456789abcdef"
+
+
+class ServerThread:
+    """A real uvicorn server on 127.0.0.1 in a background thread."""
+
+    def __init__(self, settings: Settings, port: int | None = None):
+        self.port = port or free_port()
+        self.app = create_app(settings.model_copy(update={"port": self.port}))
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, log_level="warning",
+            ws_max_size=MAX_FRAME_BYTES, lifespan="on",
+        )  # fmt: skip
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def db(self) -> sessionmaker[Session]:
+        return self.app.state.coordinator.db
+
+    def agents_online(self) -> int:
+        return len(self.app.state.coordinator.hub.sessions)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("test coordinator did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def make_settings(tmp_path: Path, model_dirs: list[Path], **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "database_url": f"sqlite:///{tmp_path / 'coordinator.db'}",
+        "model_dirs": model_dirs,
+        "first_token_timeout_s": 5.0,
+        "inter_token_timeout_s": 5.0,
+        "request_timeout_s": 30.0,
+        "heartbeat_interval_s": 0.5,
+        "heartbeat_timeout_s": 3.0,
+    }
+    values.update(overrides)
+    return Settings.model_validate(values)
+
+
+class AgentThread:
+    """A real `Agent` (the daemon's code) with any backend, on its own event loop thread."""
+
+    def __init__(self, coordinator_url: str, backend: object, **caps: object):
+        from rigpool.agent.daemon import Agent
+        from rigpool.agent.setup import ProvideOptions, capabilities_for
+        from rigpool.protocol.signing import Identity
+
+        self.identity = Identity.generate()
+        capabilities, _ = capabilities_for(backend, ProvideOptions(backend="auto"))  # type: ignore[arg-type]
+        if caps:
+            capabilities = capabilities.model_copy(update=caps)
+        self.agent = Agent(coordinator_url, self.identity, backend, capabilities)  # type: ignore[arg-type]
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.error: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            self.loop.run_until_complete(self.agent.run_forever())
+        except BaseException as exc:  # surfaced to the test
+            self.error = exc
+
+    def start(self) -> AgentThread:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.agent.stop)
+        self.thread.join(15)
+
+
+def wait_for(predicate: object, timeout_s: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
