@@ -15,6 +15,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -107,6 +108,8 @@ class Agent:
         self._slots = asyncio.Semaphore(capabilities.max_concurrency)
         self._send_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
+        self._draining = False
+        self.drain_timeout_s = 30.0
 
     def stop(self) -> None:
         self._stopping.set()
@@ -155,14 +158,30 @@ class Agent:
         self.on_status(f"connected as {self.identity.agent_id} serving {models}")
         heartbeat = asyncio.create_task(self._heartbeats(ws, reply.heartbeat_interval_s))
         stop_wait = asyncio.create_task(self._stopping.wait())
+        loop = asyncio.get_running_loop()
+        drain_deadline: float | None = None
         try:
             while True:
-                recv = asyncio.create_task(ws.recv())
-                done, _ = await asyncio.wait({recv, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-                if stop_wait in done:
-                    recv.cancel()
-                    await self._drain()
+                if self._stopping.is_set() and drain_deadline is None:
+                    # Graceful departure: say so first (the router stops sending work), then
+                    # finish what is in flight, bounded by the drain timeout.
+                    drain_deadline = loop.time() + self.drain_timeout_s
+                    self._draining = True
+                    await self._send(ws, Heartbeat(active=len(self._tasks), draining=True))
+                    if self._tasks:
+                        self.on_status(f"draining {len(self._tasks)} request(s) before leaving")
+                if drain_deadline is not None and (not self._tasks or loop.time() > drain_deadline):
                     return
+                recv = asyncio.create_task(ws.recv())
+                waiters: set[asyncio.Task[Any]] = {recv} if self._draining else {recv, stop_wait}
+                done, _ = await asyncio.wait(
+                    waiters,
+                    timeout=0.1 if self._draining else None,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if recv not in done:
+                    recv.cancel()  # safe: websockets' recv() may be cancelled
+                    continue
                 raw = recv.result()
                 try:
                     frame = decode_coordinator_frame(raw)
@@ -170,6 +189,12 @@ class Agent:
                     log.warning("ignoring invalid frame from coordinator: %s", exc)
                     continue
                 if isinstance(frame, Generate):
+                    if self._draining:
+                        await self._send(
+                            ws,
+                            Error(request_id=frame.request_id, message="agent is leaving"),
+                        )
+                        continue
                     task = asyncio.create_task(self._run(ws, frame))
                     self._tasks[frame.request_id] = task
                     task.add_done_callback(self._forget_task(frame.request_id))
@@ -190,16 +215,10 @@ class Agent:
 
         return forget
 
-    async def _drain(self, timeout_s: float = 30.0) -> None:
-        """Let generations in flight finish (bounded) before leaving."""
-        if self._tasks:
-            self.on_status(f"draining {len(self._tasks)} request(s) before leaving")
-            await asyncio.wait(list(self._tasks.values()), timeout=timeout_s)
-
     async def _heartbeats(self, ws: ClientConnection, interval_s: float) -> None:
         with contextlib.suppress(ConnectionClosed, asyncio.CancelledError):
             while True:
-                await self._send(ws, Heartbeat(active=len(self._tasks)))
+                await self._send(ws, Heartbeat(active=len(self._tasks), draining=self._draining))
                 await asyncio.sleep(interval_s)
 
     async def _run(self, ws: ClientConnection, frame: Generate) -> None:

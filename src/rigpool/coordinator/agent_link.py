@@ -134,6 +134,9 @@ async def agent_connect(ws: WebSocket) -> None:
             session.last_heartbeat = time.time()
             if isinstance(msg, Heartbeat):
                 session.reported_active = msg.active
+                if msg.draining and not session.draining:
+                    log.info("agent %s is draining", frame.agent_id)
+                session.draining = msg.draining
             elif isinstance(msg, Hello):
                 log.warning("agent %s sent a second hello; ignored", frame.agent_id)
             else:

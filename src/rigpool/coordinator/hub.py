@@ -37,6 +37,7 @@ class AgentSession:
     reported_active: int = 0
     streams: dict[str, asyncio.Queue[Frame]] = field(default_factory=dict)
     garbage_frames: int = 0
+    draining: bool = False
 
     @property
     def active(self) -> int:
@@ -64,7 +65,7 @@ class Hub:
         session.streams.clear()
 
     def serving(self, model: str) -> list[AgentSession]:
-        return [s for s in self.sessions.values() if model in s.models]
+        return [s for s in self.sessions.values() if model in s.models and not s.draining]
 
     def deliver(self, session: AgentSession, frame: Frame) -> None:
         """Route a frame from an agent to the request waiting for it (late frames are dropped)."""

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
 #: major.minor — major must match between peers; minor only adds fields with defaults.
-PROTOCOL_VERSION = "1.0"
+PROTOCOL_VERSION = "1.1"
 
 #: frames bigger than this are refused by both sides before parsing (a garbage flood guard).
 MAX_FRAME_BYTES = 1 << 20
@@ -86,6 +86,8 @@ class Heartbeat(_Frame):
     active: int = Field(default=0, ge=0)
     queued: int = Field(default=0, ge=0)
     vram_free_mb: int | None = Field(default=None, ge=0)
+    # 1.1: the agent is leaving; route nothing new to it.
+    draining: bool = False
 
 
 class Sampling(_Frame):
@@ -148,8 +150,12 @@ class Error(_Frame):
 AgentFrame = Annotated[Hello | Heartbeat | Token | Done | Error, Field(discriminator="type")]
 CoordinatorFrame = Annotated[Welcome | Refused | Generate | Cancel, Field(discriminator="type")]
 
-_agent_adapter: TypeAdapter[AgentFrame] = TypeAdapter(AgentFrame)
-_coordinator_adapter: TypeAdapter[CoordinatorFrame] = TypeAdapter(CoordinatorFrame)
+class _AgentFrameRoot(RootModel[AgentFrame]):
+    pass
+
+
+class _CoordinatorFrameRoot(RootModel[CoordinatorFrame]):
+    pass
 
 
 class ProtocolError(ValueError):
@@ -165,7 +171,7 @@ def decode_agent_frame(raw: str | bytes) -> Hello | Heartbeat | Token | Done | E
     """Parse a frame sent by an agent; raises ProtocolError on anything malformed."""
     _check_size(raw)
     try:
-        return _agent_adapter.validate_json(raw)
+        return _AgentFrameRoot.model_validate_json(raw).root
     except ValidationError as exc:
         raise ProtocolError(_summarise(exc)) from None
 
@@ -174,7 +180,7 @@ def decode_coordinator_frame(raw: str | bytes) -> Welcome | Refused | Generate |
     """Parse a frame sent by the coordinator; raises ProtocolError on anything malformed."""
     _check_size(raw)
     try:
-        return _coordinator_adapter.validate_json(raw)
+        return _CoordinatorFrameRoot.model_validate_json(raw).root
     except ValidationError as exc:
         raise ProtocolError(_summarise(exc)) from None
 
