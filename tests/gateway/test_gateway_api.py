@@ -136,7 +136,7 @@ def test_prompt_beyond_context_is_400(served):
 def test_no_agent_serving_is_503(coordinator):
     response = post(coordinator, "/v1/chat/completions", CHAT)
     assert response.status_code == 503
-    assert "No provider is serving" in response.json()["error"]["message"]
+    assert "no agent serves model" in response.json()["error"]["message"]
 
 
 def test_fleet_view_lists_agents(served):

@@ -110,6 +110,7 @@ async def agent_connect(ws: WebSocket) -> None:
     if replaced is not None:
         state.hub.remove(replaced, "agent reconnected elsewhere")
         await replaced.close()
+    state.agent_joined(session)
     await ws.send_text(
         encode(
             Welcome(
@@ -137,6 +138,7 @@ async def agent_connect(ws: WebSocket) -> None:
                 if msg.draining and not session.draining:
                     log.info("agent %s is draining", frame.agent_id)
                 session.draining = msg.draining
+                state.agent_heartbeat(session)
             elif isinstance(msg, Hello):
                 log.warning("agent %s sent a second hello; ignored", frame.agent_id)
             else:
@@ -147,6 +149,7 @@ async def agent_connect(ws: WebSocket) -> None:
         reason = "agent disconnected"
     finally:
         state.hub.remove(session, reason)
+        state.agent_left(frame.agent_id)
         log.info("agent %s offline: %s", frame.agent_id, reason)
         if frame.agent_id not in state.hub.sessions:
             await asyncio.to_thread(provider_offline, state.db, frame.agent_id)

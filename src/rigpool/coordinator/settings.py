@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     inter_token_timeout_s: float = Field(default=15.0, gt=0)
     max_attempts: int = Field(default=3, ge=1, le=10)
 
+    # Routing (scheduler/): the live policy, and hedging of slow first tokens.
+    routing_policy: Literal["rigpool", "round-robin", "least-loaded", "random"] = "rigpool"
+    hedging: bool = True
+    hedge_share: float = Field(default=0.05, ge=0, le=1)
+
     # Agents.
     heartbeat_interval_s: float = Field(default=2.0, gt=0)
     heartbeat_timeout_s: float = Field(default=8.0, gt=0)

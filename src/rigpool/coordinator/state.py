@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from rigpool.coordinator.hub import Hub
+from rigpool.coordinator.hub import AgentSession, Hub
 from rigpool.coordinator.models import list_models
 from rigpool.coordinator.settings import Settings
 from rigpool.coordinator.tables import Model
-from rigpool.scheduler.routing import Router
+from rigpool.hardware.catalog import match_nvml_name
+from rigpool.scheduler.baselines import LeastLoaded, RandomChoice, RoundRobin
+from rigpool.scheduler.fleet import AgentRecord, FleetIndex
+from rigpool.scheduler.hedging import HedgePolicy
+from rigpool.scheduler.routing import Constraints, NoCandidate, Route, Router
 
 
 @dataclass
@@ -18,8 +23,18 @@ class CoordinatorState:
     settings: Settings
     db: sessionmaker[Session]
     hub: Hub = field(default_factory=Hub)
+    fleet: FleetIndex = field(default_factory=FleetIndex)
     router: Router = field(default_factory=Router)
+    hedge: HedgePolicy = field(default_factory=HedgePolicy)
+    round_robin: RoundRobin = field(default_factory=RoundRobin)
+    least_loaded: LeastLoaded = field(default_factory=LeastLoaded)
+    random_choice: RandomChoice = field(default_factory=RandomChoice)
     _models: dict[str, Model] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.hedge = HedgePolicy(share=self.settings.hedge_share)
+
+    # --- models --------------------------------------------------------------------------
 
     def refresh_models(self) -> None:
         self._models = {m.name: m for m in list_models(self.db)}
@@ -32,3 +47,65 @@ class CoordinatorState:
 
     def models(self) -> list[Model]:
         return list(self._models.values())
+
+    # --- the scheduler's view of live agents ---------------------------------------------
+
+    def agent_joined(self, session: AgentSession) -> None:
+        caps = session.capabilities
+        names = []
+        for gpu in caps.gpus:
+            spec = match_nvml_name(gpu.name, gpu.vram_mb)
+            names.append(spec.name if spec else gpu.name)
+        offers = {m.name: m.price_out_per_mtok for m in caps.models if m.name in session.models}
+        self.fleet.join(
+            AgentRecord(
+                agent_id=session.agent_id,
+                gpus=tuple(names),
+                vram_gb=sum(g.vram_mb for g in caps.gpus) / 1024,
+                region=caps.region,
+                models=frozenset(session.models),
+                model_prices=offers,
+                max_concurrency=caps.max_concurrency,
+                last_seen=time.monotonic(),
+            )
+        )
+
+    def agent_heartbeat(self, session: AgentSession) -> None:
+        if session.agent_id in self.fleet:
+            self.fleet.heartbeat(
+                session.agent_id,
+                time.monotonic(),
+                outstanding=session.reported_active,
+                healthy=not session.draining,
+            )
+
+    def agent_left(self, agent_id: str) -> None:
+        if agent_id not in self.hub.sessions:
+            self.fleet.leave(agent_id)
+            self.hedge.forget(agent_id)
+
+    def pick_agent(
+        self, model: str, constraints: Constraints, exclude: set[str]
+    ) -> str | NoCandidate:
+        """One agent for `model` under `constraints`, by the configured policy."""
+        policy = self.settings.routing_policy
+        if policy == "rigpool":
+            route = self.router.route(self.fleet, model, constraints, exclude)
+            return route.agent_id if isinstance(route, Route) else route
+        # Naive policies (for comparison) still honour the request's constraints.
+        admitted = exclude | {
+            a
+            for a in self.fleet.serving(model).items
+            if (r := self.fleet.get(a)) is not None and not constraints.admits(r, model)
+        }
+        if policy == "round-robin":
+            agent = self.round_robin.pick(self.fleet, model, admitted)
+        elif policy == "least-loaded":
+            outstanding = {a: s.active for a, s in self.hub.sessions.items()}
+            agent = self.least_loaded.pick(self.fleet, model, outstanding, admitted)
+        else:
+            agent = self.random_choice.pick(self.fleet, model, admitted)
+        if agent is None:  # let the router explain why nobody qualifies
+            route = self.router.route(self.fleet, model, constraints, exclude)
+            return route.agent_id if isinstance(route, Route) else route
+        return agent

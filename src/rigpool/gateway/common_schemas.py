@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from rigpool.scheduler.routing import Constraints
+
 MAX_STOP = 4  # OpenAI's own limit on stop sequences
 
 
@@ -11,6 +13,23 @@ class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     include_usage: bool = False
+
+
+class RigpoolOptions(BaseModel):
+    """Extension (pass with the openai client's `extra_body={"rigpool": {...}}`).
+
+    `regions` is data residency: the request never reaches an agent outside these regions (an
+    entry may be a prefix: "eu" admits "eu-west").
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    regions: list[str] | None = Field(default=None, min_length=1, max_length=32)
+    max_price_per_mtok: float | None = Field(default=None, ge=0)
+    min_reputation: float = Field(default=0.0, ge=0, le=1)
+
+    def constraints(self) -> Constraints:
+        return Constraints.of(self.regions, self.max_price_per_mtok, self.min_reputation)
 
 
 class SamplingFields(BaseModel):
@@ -34,6 +53,8 @@ class SamplingFields(BaseModel):
     temperature: float = Field(default=1.0, ge=0, le=2)
     top_p: float = Field(default=1.0, gt=0, le=1)
     user: str | None = Field(default=None, max_length=256)
+    # Extension: routing constraints (data residency, price cap, minimum reputation).
+    rigpool: RigpoolOptions | None = None
 
     @field_validator("stop")
     @classmethod
@@ -51,6 +72,9 @@ class SamplingFields(BaseModel):
         if self.stop is None:
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def constraints(self) -> Constraints:
+        return self.rigpool.constraints() if self.rigpool else Constraints()
 
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)

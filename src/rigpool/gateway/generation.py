@@ -20,12 +20,20 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+from rigpool.coordinator.hub import AgentSession, Frame
 from rigpool.coordinator.state import CoordinatorState
 from rigpool.coordinator.tables import Model, RequestRecord
-from rigpool.core.errors import BackendError, BadRequest, ContextTooLong, NoCapacity, NotFound
+from rigpool.core.errors import (
+    BackendError,
+    BadRequest,
+    ContextTooLong,
+    NoCapacity,
+    NotFound,
+    RigpoolError,
+)
 from rigpool.gateway.tokenization import ModelTokenizer, load_tokenizer
 from rigpool.protocol.messages import Done, Error, Generate, Sampling, Token
-from rigpool.scheduler.routing import Candidate
+from rigpool.scheduler.routing import Constraints, NoCandidate
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +66,7 @@ class Job:
     stream: bool
     prompt_tokens: int
     include_usage: bool = False
+    constraints: Constraints = field(default_factory=Constraints)
     created: float = field(default_factory=time.time)
     provider_id: str | None = None
     attempts: int = 0
@@ -165,121 +174,230 @@ def new_request_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-def _candidates(state: CoordinatorState, model: str) -> list[Candidate]:
-    out = []
-    for session in state.hub.serving(model):
-        offer = next((m for m in session.capabilities.models if m.name == model), None)
-        out.append(
-            Candidate(
-                agent_id=session.agent_id,
-                region=session.capabilities.region,
-                price_out_per_mtok=offer.price_out_per_mtok if offer else 0.0,
-                max_concurrency=session.capabilities.max_concurrency,
-            )
+@dataclass
+class _Attempt:
+    """One dispatch of (part of) a job to one agent."""
+
+    session: AgentSession
+    frames: AsyncGenerator[Frame, None]
+    started: float
+    next_frame: asyncio.Task[Frame] | None = None
+
+    def pull(self) -> asyncio.Task[Frame]:
+        if self.next_frame is None:
+            self.next_frame = asyncio.ensure_future(anext(self.frames))
+        return self.next_frame
+
+    async def abandon(self) -> None:
+        """Stop listening; the hub sends `cancel` to the agent."""
+        if self.next_frame is not None and not self.next_frame.done():
+            self.next_frame.cancel()
+            with contextlib.suppress(BaseException):
+                await self.next_frame
+        with contextlib.suppress(Exception):
+            await self.frames.aclose()
+
+
+class _Dispatcher:
+    """Routing, hedging and failover for one job. Every failure path ends in a RigpoolError."""
+
+    def __init__(self, state: CoordinatorState, job: Job):
+        self.state = state
+        self.job = job
+        self.settings = state.settings
+        self.deadline = job.created + self.settings.request_timeout_s
+        self.tried: set[str] = set()
+        self.last_error = ""
+
+    def _remaining(self) -> float:
+        return self.deadline - time.time()
+
+    def _start(self) -> _Attempt:
+        """Route and dispatch one attempt, continuing from whatever was already delivered."""
+        job = self.job
+        if job.attempts >= self.settings.max_attempts or self._remaining() <= 0:
+            raise self._gave_up()
+        pick = self.state.pick_agent(job.model.name, job.constraints, self.tried)
+        if isinstance(pick, NoCandidate):
+            if job.attempts:
+                raise self._gave_up()
+            raise pick.to_error()
+        session = self.state.hub.sessions.get(pick)
+        if session is None:  # left between the index and now
+            self.tried.add(pick)
+            return self._start()
+        self.tried.add(pick)
+        job.attempts += 1
+        delivered = len(job.tokens)
+        continuing = delivered > 0
+        request = Generate(
+            request_id=f"{job.request_id}.{job.attempts}",
+            model=job.model.name,
+            # Failover continues from the prompt plus the text the client already has.
+            prompt=job.prompt + job.output if continuing else job.prompt,
+            messages=None if continuing else job.messages,
+            sampling=job.sampling.model_copy(
+                update={"max_tokens": job.sampling.max_tokens - delivered}
+            ),
+            deadline=self.deadline,
         )
-    return out
+        self.state.router.on_dispatch(session.agent_id)
+        return _Attempt(session, self.state.hub.stream(session, request), time.monotonic())
+
+    def _gave_up(self) -> RigpoolError:
+        job = self.job
+        where = "mid-stream " if job.tokens else ""
+        return NoCapacity(
+            f"The request failed {where}on {job.attempts} provider(s) "
+            f"(last: {self.last_error or 'none available'}); retry later.",
+        )
+
+    def _failed(self, attempt: _Attempt, exc: BaseException) -> None:
+        self.last_error = _describe(exc)
+        log.warning(
+            "request %s failed on agent %s: %s",
+            self.job.request_id,
+            attempt.session.agent_id,
+            self.last_error,
+        )
+        self.state.router.on_end(attempt.session.agent_id, ok=False, now=time.monotonic())
+        if isinstance(exc, BackendError) and not exc.retryable:
+            raise BadRequest(f"the provider refused the request: {self.last_error}") from None
+
+    async def _first_frame(self) -> tuple[_Attempt, Frame]:
+        """Race for the first frame: hedge a slow agent, replace failed ones.
+
+        Returns the winning attempt and its first Token/Done frame; losers are cancelled.
+        """
+        state, settings = self.state, self.settings
+        racing = [self._start()]
+        hedged = not settings.hedging or bool(self.job.tokens)  # never hedge a continuation
+        try:
+            while True:
+                now = time.monotonic()
+                limits = [a.started + settings.first_token_timeout_s - now for a in racing]
+                wait = min([*limits, self._remaining()])
+                if not hedged:
+                    hedge_at = racing[0].started + state.hedge.hedge_delay_s(
+                        racing[0].session.agent_id
+                    )
+                    wait = min(wait, hedge_at - now)
+                done, _ = await asyncio.wait(
+                    [a.pull() for a in racing],
+                    timeout=max(0.0, wait),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if not done:
+                    now = time.monotonic()
+                    if not hedged and now >= hedge_at - 1e-3:
+                        hedged = True
+                        if state.hedge.try_take_hedge(now):
+                            # Nobody to hedge to: keep waiting on the first agent.
+                            with contextlib.suppress(RigpoolError):
+                                racing.append(self._start())
+                        continue
+                    expired = [
+                        a for a in racing if now >= a.started + settings.first_token_timeout_s
+                    ]
+                    if self._remaining() <= 0:
+                        expired = list(racing)
+                    for attempt in expired:
+                        racing.remove(attempt)
+                        self._failed(attempt, TimeoutError())
+                        await attempt.abandon()
+                    if not racing:
+                        racing.append(self._start())
+                    continue
+                for attempt in list(racing):
+                    task = attempt.next_frame
+                    if task is None or task not in done:
+                        continue
+                    attempt.next_frame = None
+                    try:
+                        frame = task.result()
+                        if isinstance(frame, Error):
+                            raise BackendError(frame.message, retryable=frame.retryable)
+                        if isinstance(frame, Token) and frame.index != 0:
+                            raise BackendError(f"agent sent token {frame.index} first")
+                    except (BackendError, ConnectionError, StopAsyncIteration) as exc:
+                        racing.remove(attempt)
+                        await attempt.abandon()
+                        self._failed(attempt, exc)
+                        if not racing:
+                            racing.append(self._start())
+                        continue
+                    racing.remove(attempt)
+                    return attempt, frame
+        finally:
+            for loser in racing:
+                # A slower twin: its elapsed time is a lower bound on its TTFT.
+                elapsed = time.monotonic() - loser.started
+                state.router.on_first_token(loser.session.agent_id, elapsed, time.monotonic())
+                state.router.on_end(loser.session.agent_id, ok=True, now=time.monotonic())
+                await loser.abandon()
+
+    async def run(self) -> AsyncGenerator[Token, None]:
+        job, state, settings = self.job, self.state, self.settings
+        state.hedge.on_request(time.monotonic())
+        while True:
+            attempt, frame = await self._first_frame()
+            agent_id = attempt.session.agent_id
+            job.provider_id = agent_id
+            first_s = time.monotonic() - attempt.started
+            state.router.on_first_token(agent_id, first_s, time.monotonic())
+            state.hedge.observe_ttft(agent_id, first_s, time.monotonic())
+            if job.ttft_s is None:
+                job.ttft_s = time.time() - job.created
+            expected = 0
+            ok = False
+            try:
+                while True:
+                    if isinstance(frame, Done):
+                        job.finish_reason = frame.finish_reason
+                        job.claimed_tokens = (job.claimed_tokens or 0) + (
+                            frame.completion_tokens_claimed
+                        )
+                        ok = True
+                        return
+                    if isinstance(frame, Error):
+                        raise BackendError(frame.message, retryable=frame.retryable)
+                    if frame.index != expected:
+                        raise BackendError(f"agent sent token {frame.index}, expected {expected}")
+                    expected += 1
+                    job.texts.append(frame.text)
+                    job.tokens.append(frame)
+                    yield frame
+                    if len(job.tokens) >= job.sampling.max_tokens:
+                        # The continuation budget is spent; the agent's Done is a formality.
+                        job.finish_reason = "length"
+                        ok = True
+                        return
+                    remaining = self._remaining()
+                    if remaining <= 0:
+                        raise TimeoutError("the request deadline passed")
+                    frame = await asyncio.wait_for(
+                        anext(attempt.frames), min(settings.inter_token_timeout_s, remaining)
+                    )
+            except (BackendError, TimeoutError, ConnectionError, StopAsyncIteration) as exc:
+                self._failed(attempt, exc)
+                # Failover: the loop continues the stream on another agent.
+            finally:
+                if ok:
+                    state.router.on_end(agent_id, ok=True, now=time.monotonic())
+                await attempt.abandon()
 
 
 async def generate(state: CoordinatorState, job: Job) -> AsyncGenerator[Token, None]:
     """Yield the job's tokens in order; raise a RigpoolError when it cannot complete.
 
-    Tries up to `max_attempts` agents while no token has been yielded, each bounded by the
-    first-token and inter-token timeouts and by the request deadline: the caller never hangs.
+    Before the first token, a slow agent is hedged (a copy to a second agent after about its
+    p95 time to first token, within the hedge budget) and a failed one is replaced. After the
+    first token, a failed agent's stream is continued on another agent from the prompt plus
+    the text already delivered, so the client sees one stream without gaps or repeats. Every
+    wait is bounded by the first-token, inter-token and request timeouts: nothing hangs.
     """
-    settings = state.settings
-    deadline = job.created + settings.request_timeout_s
-    excluded: set[str] = set()
-    last_error = ""
-    while True:
-        candidates = _candidates(state, job.model.name)
-        choice = state.router.choose(candidates, exclude=excluded)
-        if choice is None:
-            if job.attempts:
-                raise NoCapacity(
-                    f"The request failed on {job.attempts} provider(s) (last: {last_error}) and no "
-                    f"other provider serves '{job.model.name}'; retry later.",
-                )
-            if not candidates:
-                raise NoCapacity(
-                    f"No provider is serving model '{job.model.name}' right now; try again later.",
-                )
-            raise NoCapacity(
-                f"All {len(excluded)} provider(s) tried for '{job.model.name}' failed "
-                f"(last: {last_error}); try again.",
-            )
-        session = state.hub.sessions.get(choice.agent_id)
-        if session is None:
-            excluded.add(choice.agent_id)
-            continue
-        job.attempts += 1
-        job.provider_id = session.agent_id
-        request = Generate(
-            request_id=f"{job.request_id}.{job.attempts}",
-            model=job.model.name,
-            prompt=job.prompt,
-            messages=job.messages,
-            sampling=job.sampling,
-            deadline=deadline,
-        )
-        state.router.on_dispatch(session.agent_id)
-        sent_start = time.monotonic()
-        ok = False
-        frames = state.hub.stream(session, request)
-        try:
-            expected_index = 0
-            while True:
-                remaining = deadline - time.time()
-                if remaining <= 0:
-                    raise TimeoutError("the request deadline passed")
-                timeout = (
-                    settings.first_token_timeout_s
-                    if expected_index == 0
-                    else settings.inter_token_timeout_s
-                )
-                frame = await asyncio.wait_for(anext(frames), min(timeout, remaining))
-                if isinstance(frame, Token):
-                    if frame.index != expected_index:
-                        raise BackendError(
-                            f"agent sent token {frame.index}, expected {expected_index}"
-                        )
-                    if expected_index == 0:
-                        job.ttft_s = time.time() - job.created
-                        state.router.on_first_token(
-                            session.agent_id, time.monotonic() - sent_start, time.monotonic()
-                        )
-                    expected_index += 1
-                    job.texts.append(frame.text)
-                    job.tokens.append(frame)
-                    yield frame
-                elif isinstance(frame, Done):
-                    job.finish_reason = frame.finish_reason
-                    job.claimed_tokens = frame.completion_tokens_claimed
-                    ok = True
-                    return
-                elif isinstance(frame, Error):
-                    raise BackendError(frame.message, retryable=frame.retryable)
-        except (BackendError, TimeoutError, ConnectionError, StopAsyncIteration) as exc:
-            last_error = _describe(exc)
-            log.warning(
-                "request %s failed on agent %s: %s", job.request_id, session.agent_id, last_error
-            )
-            retryable = not isinstance(exc, BackendError) or exc.retryable
-            if not retryable:
-                raise BadRequest(f"the provider refused the request: {last_error}") from None
-            if job.texts:
-                raise BackendError(
-                    f"the provider failed mid-stream ({last_error}); retry the request"
-                ) from None
-            if job.attempts >= settings.max_attempts or time.time() >= deadline:
-                raise NoCapacity(
-                    f"the request failed on {job.attempts} provider(s) "
-                    f"(last: {last_error}); retry later"
-                ) from None
-            excluded.add(session.agent_id)
-        finally:
-            state.router.on_end(session.agent_id, ok=ok, now=time.monotonic())
-            with contextlib.suppress(Exception):
-                await frames.aclose()
+    async for token in _Dispatcher(state, job).run():
+        yield token
 
 
 def _describe(exc: BaseException) -> str:

@@ -130,5 +130,6 @@ async def chat_completions(
         stream=body.stream,
         prompt_tokens=prompt_tokens,
         include_usage=body.include_usage(),
+        constraints=body.constraints(),
     )
     return await serve(state, job, ChatFormatter(), request)

@@ -100,5 +100,6 @@ async def completions(
         stream=body.stream,
         prompt_tokens=prompt_tokens,
         include_usage=body.include_usage(),
+        constraints=body.constraints(),
     )
     return await serve(state, job, CompletionFormatter(), request)
