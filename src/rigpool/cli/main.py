@@ -168,6 +168,49 @@ def provide(
     console.print("agent stopped")
 
 
+@app.command()
+def swarm(
+    coordinator: Annotated[str, typer.Option(help="Coordinator URL.")],
+    agents: Annotated[int, typer.Option(help="Number of emulated agents.")] = 20,
+    model: Annotated[
+        Path | None, typer.Option(help="Model folder (for its name and tokenizer).")
+    ] = None,
+    gpus: Annotated[str, typer.Option(help="Comma-separated catalog GPUs to cycle.")] = ",".join(
+        ("RTX 3060 8GB", "RTX 3090", "RTX 4090", "L4", "A100 80GB", "H100 SXM")
+    ),
+    region: Annotated[str, typer.Option(help="Region of every agent.")] = "local",
+    time_scale: Annotated[float, typer.Option(help="Multiply emulated timing by this.")] = 1.0,
+    straggler_share: Annotated[float, typer.Option(help="Share of agents that straggle.")] = 0.0,
+    straggle_prob: Annotated[float, typer.Option(help="Per-request straggle chance.")] = 0.05,
+    straggle_factor: Annotated[float, typer.Option(help="Slowdown of a straggle.")] = 10.0,
+    max_concurrency: Annotated[int, typer.Option(help="Requests per agent at once.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed for stragglers.")] = 0,
+) -> None:
+    """Run many emulated-GPU agents in one process (load, tail and chaos tests)."""
+    from rigpool.devnet.swarm import SwarmSpec, run_swarm
+    from rigpool.devnet.toymodel import ensure_toy_model
+
+    folder = model or ensure_toy_model()
+    spec = SwarmSpec(
+        agents=agents,
+        model_dir=folder,
+        served_name=folder.name,
+        gpus=tuple(g.strip() for g in gpus.split(",") if g.strip()),
+        region=region,
+        time_scale=time_scale,
+        straggler_share=straggler_share,
+        straggle_prob=straggle_prob,
+        straggle_factor=straggle_factor,
+        max_concurrency=max_concurrency,
+        seed=seed,
+    )
+    console.print(f"swarm of {agents} emulated agents -> {coordinator}")
+    try:
+        asyncio.run(run_swarm(coordinator, spec))
+    except (RigpoolError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+
+
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="A label for the key.")] = "",

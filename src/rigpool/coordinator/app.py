@@ -64,7 +64,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> dict[str, object]:
-        return {"ok": True, "agents": len(state.hub.sessions), "version": __version__}
+        return {
+            "ok": True,
+            "version": __version__,
+            "agents": len(state.hub.sessions),
+            "routing": {
+                "policy": settings.routing_policy,
+                "hedging": settings.hedging,
+                "requests": state.hedge.requests,
+                "hedges": state.hedge.hedges,
+            },
+        }
 
     app.include_router(models_router.router)
     app.include_router(chat_router.router)

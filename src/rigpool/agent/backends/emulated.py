@@ -61,6 +61,9 @@ class EmulatedBackend(Backend):
         timing_model: str = "llama-3.1-8b",
         time_scale: float = 1.0,
         tokenizer_dir: Path | None = None,
+        straggle_prob: float = 0.0,
+        straggle_factor: float = 10.0,
+        seed: int = 0,
     ):
         self.gpu: GpuSpec = find_gpu(gpu)
         self.arch = find_model(timing_model)
@@ -74,6 +77,11 @@ class EmulatedBackend(Backend):
         self.served_name = served_name
         self.context_length = context_length
         self.time_scale = time_scale
+        # Stragglers: with probability `straggle_prob` a request runs `straggle_factor` times
+        # slower (thermal throttling, a game launched on the rig, a noisy neighbour ...).
+        self.straggle_prob = straggle_prob
+        self.straggle_factor = straggle_factor
+        self._straggle_rng = random.Random(seed)
         self._active = 0
         # With the served model's tokenizer, each filler chunk is exactly one real token, so the
         # gateway's count matches max_tokens; without it, each word counts as one token.
@@ -96,16 +104,21 @@ class EmulatedBackend(Backend):
         sampling = request.sampling
         digest = hashlib.sha256(f"{request.prompt}\x00{sampling.seed}".encode()).digest()
         rng = random.Random(int.from_bytes(digest[:8], "big"))
+        slow = (
+            self.straggle_factor
+            if self.straggle_prob and self._straggle_rng.random() < self.straggle_prob
+            else 1.0
+        )
         self._active += 1
         try:
             ttft, _ = self.timing(prompt_tokens, self._active)
-            await asyncio.sleep(ttft)
+            await asyncio.sleep(ttft * slow)
             text = ""
             pieces = self._filler(rng)
             for produced in range(sampling.max_tokens):
                 if produced:
                     _, tpot = self.timing(prompt_tokens + produced, self._active)
-                    await asyncio.sleep(tpot)
+                    await asyncio.sleep(tpot * slow)
                 piece = next(pieces)
                 text += piece
                 hit = next((s for s in sampling.stop if s in text), None)
