@@ -146,3 +146,40 @@ def test_fleet_view_lists_agents(served):
     assert entry["state"] == "online" and entry["emulated"] is True
     assert entry["gpus"][0]["name"] == "RTX 4090" and entry["gpus"][0]["emulated"]
     assert entry["models"] == [TOY_MODEL_NAME]
+
+
+def test_rate_limit_is_429_with_retry_after(tmp_path, toy_model):
+    from netsupport import ServerThread, make_settings
+    from rigpool.coordinator.keys import create_key
+
+    settings = make_settings(tmp_path, [toy_model], rate_limit_per_min=1, rate_limit_burst=2)
+    with ServerThread(settings) as server:
+        create_key(server.db, key=API_KEY)
+        codes = [
+            httpx.get(server.url + "/v1/models", headers={"Authorization": f"Bearer {API_KEY}"})
+            for _ in range(3)
+        ]
+        assert [r.status_code for r in codes] == [200, 200, 429]
+        assert int(codes[-1].headers["retry-after"]) >= 1
+        assert codes[-1].json()["error"]["code"] == "rate_limit_exceeded"
+        with pytest.raises(openai.RateLimitError):
+            client(server).models.list()
+
+
+def test_daily_quota_is_enforced(tmp_path, toy_model):
+    from netsupport import AgentThread, ServerThread, make_settings, wait_for
+    from rigpool.coordinator.keys import create_key
+
+    settings = make_settings(tmp_path, [toy_model], daily_token_quota=10)
+    with ServerThread(settings) as server:
+        create_key(server.db, key=API_KEY)
+        agent = AgentThread(
+            server.url,
+            EmulatedBackend("L4", TOY_MODEL_NAME, time_scale=0.05, tokenizer_dir=toy_model),
+        ).start()
+        wait_for(lambda: server.agents_online() == 1)
+        c = client(server)
+        c.completions.create(model=TOY_MODEL_NAME, prompt="hello", max_tokens=16)
+        with pytest.raises(openai.RateLimitError, match="Daily quota"):
+            c.completions.create(model=TOY_MODEL_NAME, prompt="hello", max_tokens=16)
+        agent.stop()

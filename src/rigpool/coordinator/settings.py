@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     max_messages: int = Field(default=256, ge=1)
     max_n: int = Field(default=1, ge=1)
+    # Per API key: requests per minute (token bucket with `rate_limit_burst`), daily tokens.
+    rate_limit_per_min: float = Field(default=6000, gt=0)
+    rate_limit_burst: float = Field(default=1000, ge=1)
+    daily_token_quota: int | None = Field(default=None, ge=1)
 
     # Time limits: every request ends, none hangs.
     request_timeout_s: float = Field(default=120.0, gt=0)

@@ -11,6 +11,7 @@ from rigpool.coordinator.hub import AgentSession, Hub
 from rigpool.coordinator.models import list_models
 from rigpool.coordinator.settings import Settings
 from rigpool.coordinator.tables import Model
+from rigpool.gateway.ratelimit import RateLimiter
 from rigpool.hardware.catalog import match_nvml_name
 from rigpool.scheduler.baselines import LeastLoaded, RandomChoice, RoundRobin
 from rigpool.scheduler.fleet import AgentRecord, FleetIndex
@@ -29,10 +30,16 @@ class CoordinatorState:
     round_robin: RoundRobin = field(default_factory=RoundRobin)
     least_loaded: LeastLoaded = field(default_factory=LeastLoaded)
     random_choice: RandomChoice = field(default_factory=RandomChoice)
+    limiter: RateLimiter = field(default_factory=lambda: RateLimiter(1, 1))
     _models: dict[str, Model] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.hedge = HedgePolicy(share=self.settings.hedge_share)
+        self.limiter = RateLimiter(
+            self.settings.rate_limit_per_min,
+            self.settings.rate_limit_burst,
+            self.settings.daily_token_quota,
+        )
 
     # --- models --------------------------------------------------------------------------
 

@@ -78,7 +78,12 @@ async def run_swarm(coordinator: str, spec: SwarmSpec) -> None:
     """Run every agent until SIGTERM/SIGINT, then drain them all."""
     agents = build_agents(coordinator, spec)
     loop = asyncio.get_running_loop()
+
+    def stop_all() -> None:
+        for agent in agents:
+            agent.stop()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, lambda: [a.stop() for a in agents])
+            loop.add_signal_handler(sig, stop_all)
     await asyncio.gather(*(a.run_forever() for a in agents))

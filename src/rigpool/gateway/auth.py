@@ -23,4 +23,7 @@ async def require_api_key(request: Request) -> int:
     key_id = await asyncio.to_thread(authenticate, state.db, token.strip())
     if key_id is None:
         raise Unauthorized("Incorrect API key provided.")
+    state.limiter.admit(key_id)
+    if state.limiter.daily_token_quota is not None:
+        await asyncio.to_thread(state.limiter.check_quota, state.db, key_id)
     return key_id

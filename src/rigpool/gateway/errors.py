@@ -7,6 +7,7 @@ class they expect (BadRequestError, AuthenticationError, NotFoundError, ...).
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -52,8 +53,14 @@ def error_response(
 
 
 def rigpool_error_response(exc: RigpoolError) -> JSONResponse:
+    headers = None
+    retry_after = getattr(exc, "retry_after_s", None)
+    if retry_after is not None:
+        headers = {"Retry-After": str(max(1, math.ceil(retry_after)))}
     return JSONResponse(
-        error_body(exc.message, exc.error_type, exc.param, exc.code), status_code=exc.status_code
+        error_body(exc.message, exc.error_type, exc.param, exc.code),
+        status_code=exc.status_code,
+        headers=headers,
     )
 
 

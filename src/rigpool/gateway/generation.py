@@ -168,6 +168,7 @@ def finish_record(
         session.execute(
             update(RequestRecord).where(RequestRecord.id == job.request_id).values(**values)
         )
+    state.limiter.charge(job.api_key_id, job.prompt_tokens + values["completion_tokens"])
 
 
 def new_request_id(prefix: str) -> str:

@@ -30,7 +30,10 @@ from rigpool.core.errors import BadRequest, NotFound
 
 
 class IndexedSet:
-    """A set of strings with O(1) add, remove, membership and uniform random choice."""
+    """A set of strings with O(1) add, remove, membership and uniform random choice.
+
+    `items` is the backing list, exposed read-only for hot loops (do not mutate it).
+    """
 
     __slots__ = ("_items", "_pos")
 
@@ -53,6 +56,10 @@ class IndexedSet:
         if pos < len(self._items):
             self._items[pos] = last
             self._pos[last] = pos
+
+    @property
+    def items(self) -> list[str]:
+        return self._items
 
     def choice(self, rng: random.Random) -> str:
         """A uniformly random member (the set must not be empty)."""

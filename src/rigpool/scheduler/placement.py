@@ -44,7 +44,7 @@ import itertools
 import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from typing import Literal
 
@@ -288,6 +288,9 @@ def _span_perf(
     return layers, est.prefill_s(prompt) / model.n_layers, est.tpot_s / model.n_layers
 
 
+_MISSING = object()
+
+
 def _d_key(d: ModelDemand) -> tuple[int, int, int]:
     return (d.prompt_tokens, d.output_tokens, d.context)
 
@@ -345,16 +348,32 @@ class _Ctx:
         self.hosts = list(hosts)
         self.rtt = rtt or RttMatrix()
         self.utilization = utilization
+        self._perf: dict[tuple[str, int, str], _Perf | object | None] = {}
+        self._templates: dict[tuple[TypeKey, str], Replica | object | None] = {}
 
     def single(self, host: Host, d: ModelDemand) -> Replica | None:
         spec = self.specs[host.agent_id]
-        perf = _single_perf(spec, host.n_gpus, self.archs[d.model], d.quant, _d_key(d))
+        key = (spec.name, host.n_gpus, d.model)
+        perf = self._perf.get(key, _MISSING)
+        if perf is _MISSING:
+            perf = self._perf[key] = _single_perf(
+                spec, host.n_gpus, self.archs[d.model], d.quant, _d_key(d)
+            )
         if perf is None:
             return None
+        assert isinstance(perf, _Perf)
         model = self.archs[d.model]
         span = Span(host.agent_id, host.region, spec.name, host.n_gpus, 0, model.n_layers)
         return _replica(d, perf.quant, "single", (span,), perf.prefill_s, perf.tpot_s,
                         perf.batch, self.prices[host.agent_id], self.utilization)  # fmt: skip
+
+    def type_single(self, key: TypeKey, host: Host, d: ModelDemand) -> Replica | None:
+        """`single(host, d)` memoised per host type: a template for all hosts of `key`."""
+        ck = (key, d.model)
+        rep = self._templates.get(ck, _MISSING)
+        if rep is _MISSING:
+            rep = self._templates[ck] = self.single(host, d)
+        return rep if isinstance(rep, Replica) else None
 
     def pipeline_quant(self, d: ModelDemand) -> str:
         return quant_format(d.quant).name if d.quant is not None else PIPELINE_QUANT
@@ -453,18 +472,24 @@ def _replica(
 
 def evaluate(demands: Sequence[ModelDemand], replicas: Iterable[Replica]) -> PlacementScore:
     """Score replicas against demand: traffic fills the fastest replicas of each model first."""
-    by_model: dict[str, list[Replica]] = {}
+    return _evaluate_counted(demands, ((r, 1) for r in replicas))
+
+
+def _evaluate_counted(
+    demands: Sequence[ModelDemand], groups: Iterable[tuple[Replica, int]]
+) -> PlacementScore:
+    by_model: dict[str, list[tuple[Replica, int]]] = {}
     price = 0.0
-    for r in replicas:
-        by_model.setdefault(r.model, []).append(r)
-        price += r.usd_per_hour
+    for r, n in groups:
+        by_model.setdefault(r.model, []).append((r, n))
+        price += r.usd_per_hour * n
     unmet = rate = served = 0.0
     for d in demands:
         left = d.requests_per_s
-        for r in sorted(by_model.get(d.model, []), key=lambda r: r.latency_s):
+        for r, n in sorted(by_model.get(d.model, []), key=lambda g: g[0].latency_s):
             if left <= 0:
                 break
-            y = min(left, r.capacity_rps)
+            y = min(left, r.capacity_rps * n)
             rate += y * r.latency_s
             served += y
             left -= y
@@ -498,36 +523,60 @@ def better(a: PlacementScore, b: PlacementScore, tol: float = 1e-9) -> bool:
     return a.usd_per_hour < b.usd_per_hour - tol * max(1.0, b.usd_per_hour)
 
 
+# (GPU, cards, price bucket): hosts with equal keys are interchangeable for the greedy.
+TypeKey = tuple[str, int, int]
+PRICE_BUCKET = 1.05  # prices within 5 % share a type; replicas keep their host's own price
+
+
+def _price_bucket(price: float) -> int:
+    return -1 if price <= 0 else round(math.log(price) / math.log(PRICE_BUCKET))
+
+
 class _Pools:
-    """Free hosts by type (GPU, count) and region; cheapest popped first."""
+    """Free hosts by type and region, and counts of them for fast what-if passes.
+
+    A greedy pass only decrements counts (`counts()` gives a fresh copy), so several passes
+    can be tried at O(types x models) each; `take` pops real hosts for the pass that is kept.
+    The hosts still free in a list are its first `count` entries (cheapest last, popped first).
+    """
 
     def __init__(self, ctx: _Ctx, hosts: Iterable[Host]) -> None:
         self.ctx = ctx
-        self.by_type: dict[tuple[str, int], dict[str, list[Host]]] = {}
+        self.lists: dict[TypeKey, dict[str, list[Host]]] = {}
         for h in hosts:
-            key = (ctx.specs[h.agent_id].name, h.n_gpus)
-            self.by_type.setdefault(key, {}).setdefault(h.region, []).append(h)
-        for by_region in self.by_type.values():
+            spec = ctx.specs[h.agent_id]
+            key = (spec.name, h.n_gpus, _price_bucket(ctx.prices[h.agent_id]))
+            self.lists.setdefault(key, {}).setdefault(h.region, []).append(h)
+        for by_region in self.lists.values():
             for lst in by_region.values():
                 lst.sort(key=lambda h: (-ctx.prices[h.agent_id], h.agent_id))
 
-    def sample(self, key: tuple[str, int]) -> Host | None:
-        return next((lst[-1] for lst in self.by_type[key].values() if lst), None)
+    def counts(self) -> dict[TypeKey, dict[str, int]]:
+        return {k: {r: len(v) for r, v in rs.items()} for k, rs in self.lists.items()}
 
-    def take(self, key: tuple[str, int]) -> Host | None:
-        """A free host of type `key` from the region with the most left (keeps regions even)."""
-        by_region = self.by_type[key]
-        region = max(by_region, key=lambda r: len(by_region[r]), default=None)
-        if region is None or not by_region[region]:
-            return None
-        return by_region[region].pop()
+    def sample(self, key: TypeKey) -> Host:
+        return next(lst[-1] for lst in self.lists[key].values() if lst)
+
+    def take(self, key: TypeKey, region: str) -> Host:
+        return self.lists[key][region].pop()
+
+
+@dataclass(frozen=True)
+class _Group:
+    """`count` identical replicas; `parts` says which (type, region, hosts) each one uses."""
+
+    template: Replica
+    count: int
+    parts: tuple[tuple[TypeKey, str, int], ...]
 
 
 Order = Literal["largest", "tightest", "efficient"]
 Rule = Literal["latency", "scarce"]
 
 
-def _model_order(ctx: _Ctx, pools: _Pools, order: Order) -> list[ModelDemand]:
+def _model_order(
+    ctx: _Ctx, pools: _Pools, counts: Mapping[TypeKey, Mapping[str, int]], order: Order
+) -> list[ModelDemand]:
     demands = [d for d in ctx.demands if d.requests_per_s > 0]
     if order == "largest":
         # Largest models first: they can use the fewest host types, so they choose first.
@@ -538,11 +587,11 @@ def _model_order(ctx: _Ctx, pools: _Pools, order: Order) -> list[ModelDemand]:
     per_host: dict[str, float] = {}
     for d in demands:
         total = best = 0.0
-        for key, by_region in pools.by_type.items():
-            host = pools.sample(key)
-            rep = ctx.single(host, d) if host is not None else None
+        for key, by_region in counts.items():
+            n = sum(by_region.values())
+            rep = ctx.type_single(key, pools.sample(key), d) if n else None
             if rep is not None:
-                total += rep.capacity_rps * sum(len(lst) for lst in by_region.values())
+                total += rep.capacity_rps * n
                 best = max(best, rep.capacity_rps)
         supply[d.model] = total / d.requests_per_s
         per_host[d.model] = best
@@ -553,57 +602,86 @@ def _model_order(ctx: _Ctx, pools: _Pools, order: Order) -> list[ModelDemand]:
 
 def _greedy_once(
     ctx: _Ctx,
+    pools: _Pools,
     order: Order,
     rule: Rule,
     max_spans: int,
     allow_pipelines: bool,
-    hosts: Iterable[Host] | None = None,
     left_by_model: Mapping[str, float] | None = None,
-) -> list[Replica]:
-    """One greedy pass over `hosts` (default: all) for `left_by_model` (default: all demand)."""
-    pools = _Pools(ctx, ctx.hosts if hosts is None else hosts)
-    demands = _model_order(ctx, pools, order)
+) -> list[_Group]:
+    """One greedy pass on counts (default: all demand; else `left_by_model`)."""
+    counts = pools.counts()
+    demands = _model_order(ctx, pools, counts, order)
     # How many demanded models each host type could serve alone: a contested type is kept
     # for the models that need it when the rule is "scarce".
-    contention: dict[tuple[str, int], int] = {}
-    for key in pools.by_type:
+    contention: dict[TypeKey, int] = {}
+    for key in counts:
         host = pools.sample(key)
-        contention[key] = sum(
-            1 for d in demands if host is not None and ctx.single(host, d) is not None
-        )
-    replicas: list[Replica] = []
+        contention[key] = sum(1 for d in demands if ctx.type_single(key, host, d) is not None)
+    groups: list[_Group] = []
     for d in demands:
         left = d.requests_per_s if left_by_model is None else left_by_model.get(d.model, 0.0)
         if left <= 1e-12:
             continue
-        options: list[tuple[float, float, float, tuple[str, int]]] = []
-        for key in pools.by_type:
-            host = pools.sample(key)
-            rep = ctx.single(host, d) if host is not None else None
+        options: list[tuple[float, float, float, TypeKey, Replica]] = []
+        for key, by_region in counts.items():
+            if not any(by_region.values()):
+                continue
+            rep = ctx.type_single(key, pools.sample(key), d)
             if rep is not None:
                 first = contention[key] if rule == "scarce" else 0.0
-                options.append((first, rep.latency_s, rep.usd_per_hour / rep.capacity_rps, key))
-        options.sort()
-        for *_, key in options:
-            while left > 1e-12:
-                host = pools.take(key)
-                if host is None:
+                options.append(
+                    (first, rep.latency_s, rep.usd_per_hour / rep.capacity_rps, key, rep)
+                )
+        options.sort(key=lambda o: o[:4])
+        for *_, key, rep in options:
+            need = math.ceil(left / rep.capacity_rps - 1e-9)
+            # Take from the regions with the most hosts left (keeps regions even).
+            for region, n in sorted(counts[key].items(), key=lambda rn: (-rn[1], rn[0])):
+                if need <= 0:
                     break
-                rep = ctx.single(host, d)
-                assert rep is not None
-                replicas.append(rep)
-                left -= rep.capacity_rps
+                k = min(n, need)
+                if k <= 0:
+                    continue
+                counts[key][region] -= k
+                need -= k
+                left -= k * rep.capacity_rps
+                groups.append(_Group(rep, k, ((key, region, 1),)))
             if left <= 1e-12:
                 break
         if left > 1e-12 and allow_pipelines:
-            _greedy_pipelines(ctx, pools, d, left, max_spans, replicas)
-    return replicas
+            _greedy_pipelines(ctx, pools, counts, d, left, max_spans, groups)
+    return groups
 
 
-_VARIANTS: tuple[tuple[Order, Rule], ...] = tuple(
-    (order, rule)
-    for rule in ("latency", "scarce")
-    for order in ("largest", "tightest", "efficient")
+def _materialize(ctx: _Ctx, pools: _Pools, groups: Iterable[_Group]) -> list[Replica]:
+    """Turn counted groups into replicas on real hosts (popping them from `pools`)."""
+    out: list[Replica] = []
+    demand = {d.model: d for d in ctx.demands}
+    for g in groups:
+        t = g.template
+        for _ in range(g.count):
+            if t.kind == "single":
+                ((key, region, _),) = g.parts
+                h = pools.take(key, region)
+                s0 = t.spans[0]
+                span = Span(h.agent_id, h.region, s0.gpu, s0.n_gpus, s0.first_layer, s0.end_layer)
+                out.append(replace(t, spans=(span,), usd_per_hour=ctx.prices[h.agent_id]))
+            else:
+                hosts = [pools.take(key, region) for key, region, n in g.parts for _ in range(n)]
+                rep = ctx.chain(hosts, demand[t.model])
+                assert rep is not None
+                out.append(rep)
+    return out
+
+
+_VARIANTS: tuple[tuple[Order, Rule], ...] = (
+    ("largest", "latency"),
+    ("tightest", "latency"),
+    ("efficient", "latency"),
+    ("largest", "scarce"),
+    ("tightest", "scarce"),
+    ("efficient", "scarce"),
 )
 
 
@@ -632,8 +710,9 @@ def _local_search(
             left = {d.model: d.requests_per_s - cap.get(d.model, 0.0) for d in ctx.demands}
             cands = [kept]
             for order, rule in _VARIANTS:
-                extra = _greedy_once(ctx, order, rule, max_spans, allow_pipelines, free, left)
-                cands.append(kept + extra)
+                pools = _Pools(ctx, free)
+                groups = _greedy_once(ctx, pools, order, rule, max_spans, allow_pipelines, left)
+                cands.append(kept + _materialize(ctx, pools, groups))
             for cand in cands:
                 s = evaluate(ctx.demands, cand)
                 if better(s, score):
@@ -660,8 +739,10 @@ def place_greedy(
 
     Six greedy passes (models largest-first, tightest-supply-first or most-requests-per-host
     first; host types by latency or least-contested first), each serving every model from
-    its chosen host types and then from pipelines; the best by `better` is kept. Fleets of at
-    most `local_search_hosts` hosts then get a ruin-and-recreate local search.
+    its chosen host types and then from pipelines. Passes work on counts of interchangeable
+    hosts (same GPU, count and region, price within 5 %), so each costs O(types x models)
+    whatever the fleet size; the best by `better` is turned into replicas. Fleets of at most
+    `local_search_hosts` hosts then get a ruin-and-recreate local search.
 
     Raises:
         NotFound: an unknown model (demand) or GPU (host), with close matches.
@@ -669,14 +750,15 @@ def place_greedy(
 
     """
     ctx = _Ctx(hosts, demands, rtt, utilization)
-    best: tuple[PlacementScore, list[Replica]] | None = None
+    pools = _Pools(ctx, ctx.hosts)
+    best: tuple[PlacementScore, list[_Group]] | None = None
     for order, rule in _VARIANTS:
-        reps = _greedy_once(ctx, order, rule, max_spans, allow_pipelines)
-        s = evaluate(ctx.demands, reps)
+        groups = _greedy_once(ctx, pools, order, rule, max_spans, allow_pipelines)
+        s = _evaluate_counted(ctx.demands, ((g.template, g.count) for g in groups))
         if best is None or better(s, best[0]):
-            best = (s, reps)
+            best = (s, groups)
     assert best is not None
-    replicas = best[1]
+    replicas = _materialize(ctx, pools, best[1])
     if len(ctx.hosts) <= local_search_hosts:
         replicas = _local_search(ctx, replicas, max_spans, allow_pipelines)
     score = evaluate(ctx.demands, replicas)
@@ -686,64 +768,66 @@ def place_greedy(
 def _greedy_pipelines(
     ctx: _Ctx,
     pools: _Pools,
+    counts: dict[TypeKey, dict[str, int]],
     d: ModelDemand,
     left: float,
     max_spans: int,
-    replicas: list[Replica],
+    groups: list[_Group],
 ) -> float:
-    """Build chains inside one region at a time until demand is met or hosts run out."""
+    """Build chains inside one region at a time until demand is met or hosts run out.
+
+    Each step finds, per region, the chain of the hosts with the most layer capacity, keeps
+    the region whose chain has the lowest latency, and repeats that chain as many times as
+    the demand needs and the counts allow.
+    """
     model = ctx.archs[d.model]
-    regions = sorted(
-        {r for by_region in pools.by_type.values() for r, lst in by_region.items() if lst}
-    )
-    # Per region, host types by layer capacity (most first), then per-layer speed.
-    ranked: dict[str, list[tuple[int, float, list[Host]]]] = {}
-    for region in regions:
-        rows = []
-        for by_region in pools.by_type.values():
-            lst = by_region.get(region)
-            if lst:
-                cap, _, tpot = ctx.span(lst[-1], d)
-                if cap > 0:
-                    rows.append((cap, tpot, lst))
-        rows.sort(key=lambda r: (-r[0], r[1]))
-        if rows:
-            ranked[region] = rows
     while left > 1e-12:
-        best: tuple[float, str] | None = None
-        for region, rows in ranked.items():
+        best: tuple[float, Replica, list[tuple[TypeKey, str, int]]] | None = None
+        regions = sorted({r for rs in counts.values() for r, n in rs.items() if n > 0})
+        for region in regions:
+            rows = []
+            for key, rs in counts.items():
+                n = rs.get(region, 0)
+                if n > 0:
+                    cap, _, tpot = ctx.span(pools.sample(key), d)
+                    if cap > 0:
+                        rows.append((cap, tpot, key, n))
+            rows.sort(key=lambda r: (-r[0], r[1], r[2]))
             picked = _pick_chain(rows, model.n_layers, max_spans)
             if picked is None:
                 continue
-            rep = ctx.chain([h for lst, n in picked for h in lst[len(lst) - n :]], d)
+            hosts = []
+            for key, k in picked:
+                lst = pools.lists[key][region]
+                avail = counts[key][region]
+                hosts.extend(lst[avail - k : avail])
+            rep = ctx.chain(hosts, d)
             if rep is not None and (best is None or rep.latency_s < best[0]):
-                best = (rep.latency_s, region)
+                best = (rep.latency_s, rep, [(key, region, k) for key, k in picked])
         if best is None:
             break
-        picked = _pick_chain(ranked[best[1]], model.n_layers, max_spans)
-        assert picked is not None
-        chosen = [lst.pop() for lst, n in picked for _ in range(n)]
-        rep = ctx.chain(chosen, d)
-        assert rep is not None
-        replicas.append(rep)
-        left -= rep.capacity_rps
+        _, rep, parts = best
+        times = min(counts[key][region] // k for key, region, k in parts)
+        times = min(times, math.ceil(left / rep.capacity_rps - 1e-9))
+        for key, region, k in parts:
+            counts[key][region] -= times * k
+        groups.append(_Group(rep, times, tuple(parts)))
+        left -= times * rep.capacity_rps
     return left
 
 
 def _pick_chain(
-    rows: Sequence[tuple[int, float, list[Host]]], n_layers: int, max_spans: int
-) -> list[tuple[list[Host], int]] | None:
+    rows: Sequence[tuple[int, float, TypeKey, int]], n_layers: int, max_spans: int
+) -> list[tuple[TypeKey, int]] | None:
     """Take hosts with the most layer capacity first until they hold `n_layers`."""
     need = n_layers
-    picked: list[tuple[list[Host], int]] = []
+    picked: list[tuple[TypeKey, int]] = []
     spans = 0
-    for cap, _, lst in rows:
-        if not lst:
-            continue
-        n = min(len(lst), -(-need // cap), max_spans - spans)
+    for cap, _, key, avail in rows:
+        n = min(avail, -(-need // cap), max_spans - spans)
         if n <= 0:
             break
-        picked.append((lst, n))
+        picked.append((key, n))
         spans += n
         need -= n * cap
         if need <= 0:

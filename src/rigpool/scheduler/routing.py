@@ -33,7 +33,7 @@ import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from rigpool.core.errors import NoCapacity
 from rigpool.scheduler.fleet import AgentRecord, FleetIndex, IndexedSet, region_matches
@@ -137,9 +137,8 @@ class Constraints:
         return record.reputation >= self.min_reputation
 
 
-@dataclass(frozen=True)
-class Route:
-    """The agent chosen for a request, and its cost when chosen."""
+class Route(NamedTuple):
+    """The agent chosen for a request, and its cost when chosen (a tuple: cheap to build)."""
 
     agent_id: str
     record: AgentRecord
@@ -181,6 +180,9 @@ class Router:
         self._stats: dict[str, AgentStats] = {}
         self.default_ttft_s = default_ttft_s
         self.price_weight = price_weight
+        self._list_cache: dict[
+            tuple[str, frozenset[str] | None], tuple[FleetIndex, int, list[list[str]]]
+        ] = {}
         self._bucket_cache: dict[
             tuple[str, frozenset[str]], tuple[int, int, list[IndexedSet], list[str]]
         ] = {}
@@ -224,10 +226,13 @@ class Router:
             ttft, outstanding = self.default_ttft_s, record.outstanding
         else:
             ttft = stats.ttft.value if stats.ttft.initialised else self.default_ttft_s
-            outstanding = max(stats.outstanding, record.outstanding)
-        cost = max(ttft, 1e-4) * (outstanding + 1)
+            outstanding = stats.outstanding
+            if record.outstanding > outstanding:
+                outstanding = record.outstanding
+        cost = (ttft if ttft > 1e-4 else 1e-4) * (outstanding + 1)
         if self.price_weight:
-            cost *= max(record.price_for(model), PRICE_FLOOR) ** self.price_weight
+            price = record.model_prices.get(model, record.price_out_per_mtok)
+            cost *= (price if price > PRICE_FLOOR else PRICE_FLOOR) ** self.price_weight
         return cost
 
     def _outstanding(self, record: AgentRecord) -> int:
@@ -270,28 +275,42 @@ class Router:
         reputation bounds; an exact scan of the selected buckets otherwise.
         """
         c = constraints or _NO_CONSTRAINTS
-        excluded = exclude if isinstance(exclude, (set, frozenset)) else set(exclude)
-        buckets, _ = self._buckets(fleet, model, c.regions)
-        if not buckets:
+        if isinstance(exclude, (set, frozenset)):
+            excluded: set[str] | frozenset[str] = exclude
+        else:
+            excluded = set(exclude) if exclude else _EMPTY
+        # Hot path: cached bucket lists, plain lists and locals (once per request at scale).
+        key = (model, c.regions)
+        hit = self._list_cache.get(key)
+        if hit is not None and hit[0] is fleet and hit[1] == fleet.version:
+            lists = hit[2]
+        else:
+            buckets, _ = self._buckets(fleet, model, c.regions)
+            lists = [bkt.items for bkt in buckets]
+            if len(self._list_cache) > 4096:
+                self._list_cache.clear()
+            self._list_cache[key] = (fleet, fleet.version, lists)
+        total = sum(map(len, lists))
+        if not total:
             return self._why_none(fleet, model, c, excluded)
-        sizes = [len(b) for b in buckets]
-        total = sum(sizes)
-        rng = self._rng
+        random_ = self._rng.random
+        stats_get = self._stats.get
+        get = fleet.get
+        max_price, min_rep = c.max_price_per_mtok, c.min_reputation
         free: list[AgentRecord] = []
         full: list[AgentRecord] = []
         seen: set[str] = set()
-        get = fleet.get
-        max_price, min_rep = c.max_price_per_mtok, c.min_reputation
+        only = lists[0] if len(lists) == 1 else None
         for _ in range(MAX_DRAWS):
-            if len(buckets) == 1:
-                agent_id = buckets[0].choice(rng)
+            pick = int(random_() * total)
+            if only is not None:
+                agent_id = only[pick]
             else:
-                pick = int(rng.random() * total)
-                for bucket, size in zip(buckets, sizes, strict=True):
-                    if pick < size:
-                        agent_id = bucket.choice(rng)
+                for lst in lists:
+                    if pick < len(lst):
+                        agent_id = lst[pick]
                         break
-                    pick -= size
+                    pick -= len(lst)
             if agent_id in seen or agent_id in excluded:
                 continue
             seen.add(agent_id)
@@ -302,14 +321,18 @@ class Router:
                 continue
             if record.reputation < min_rep:
                 continue
-            if self._outstanding(record) < record.max_concurrency:
+            stats = stats_get(agent_id)
+            outstanding = record.outstanding
+            if stats is not None and stats.outstanding > outstanding:
+                outstanding = stats.outstanding
+            if outstanding < record.max_concurrency:
                 free.append(record)
                 if len(free) == 2:
                     break
             else:
                 full.append(record)
         if len(free) + len(full) < 2:
-            return self._scan(fleet, model, c, excluded, buckets)
+            return self._scan(fleet, model, c, excluded, self._buckets(fleet, model, c.regions)[0])
         pair = free if len(free) == 2 else (free or full[:2])
         return self._pick(pair, model)
 
@@ -425,3 +448,4 @@ class Router:
 
 
 _NO_CONSTRAINTS = Constraints()
+_EMPTY: frozenset[str] = frozenset()

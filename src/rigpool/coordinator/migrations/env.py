@@ -2,7 +2,8 @@
 
 from alembic import context
 
-import rigpool.coordinator.tables  # noqa: F401 - registers the tables on Base
+# Importing the table modules registers their tables on Base.
+import rigpool.coordinator.tables
 import rigpool.ledger.tables  # noqa: F401
 from rigpool.core.sqlbase import Base
 
