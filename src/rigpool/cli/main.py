@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from rigpool.cli.fit import fit_command
 from rigpool.core.errors import RigpoolError
 
 app = typer.Typer(
@@ -343,15 +344,7 @@ def demo(
         raise typer.Exit(1)
 
 
-def _register_optional_commands() -> None:
-    try:
-        from rigpool.cli.fit import fit_command
-    except ImportError:  # pragma: no cover - the hardware package always ships it
-        return
-    app.command("fit")(fit_command)
-
-
-_register_optional_commands()
+app.command("fit")(fit_command)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
