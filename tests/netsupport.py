@@ -109,3 +109,62 @@ def wait_for(predicate: object, timeout_s: float = 20.0, what: str = "condition"
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+class RawAgent:
+    """A hand-driven agent over a real WebSocket: valid signed hello, sealed frames after it.
+
+    Tests script it to misbehave in ways the real daemon never would.
+    """
+
+    def __init__(self, coordinator_url: str, caps: object, identity: object | None = None):
+        import json
+
+        from websockets.sync.client import connect
+
+        from rigpool.agent.daemon import agent_url, signed_hello
+        from rigpool.protocol.channel import Sealer, agent_session_key
+        from rigpool.protocol.signing import Identity
+
+        self.identity = identity or Identity.generate()
+        self.ws = connect(agent_url(coordinator_url))
+        hello = signed_hello(self.identity, caps)  # type: ignore[arg-type]
+        self.ws.send(hello.model_dump_json())
+        self.welcome = json.loads(self.ws.recv(timeout=10))
+        assert self.welcome["type"] == "welcome", self.welcome
+        key = agent_session_key(
+            self.identity.keypair_bytes(),  # type: ignore[attr-defined]
+            bytes.fromhex(self.welcome["session_pubkey"]),
+            hello.nonce,
+        )
+        self.sealer = Sealer(key)
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        # Heartbeats keep the session alive however slowly the test itself runs.
+        threading.Thread(target=self._heartbeats, daemon=True).start()
+
+    def _heartbeats(self) -> None:
+        from rigpool.protocol.messages import Heartbeat
+
+        while not self._closed.wait(0.5):
+            try:
+                self.send(Heartbeat())
+            except Exception:
+                return
+
+    def send(self, frame: object) -> None:
+        with self._lock:
+            self.ws.send(self.sealer.seal(frame.model_dump_json()))  # type: ignore[attr-defined]
+
+    def send_raw(self, text: str) -> None:
+        with self._lock:
+            self.ws.send(text)
+
+    def recv(self, timeout: float | None = None) -> dict[str, object]:
+        import json
+
+        return dict(json.loads(self.ws.recv(timeout=timeout)))
+
+    def close(self) -> None:
+        self._closed.set()
+        self.ws.close()

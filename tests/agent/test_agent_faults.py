@@ -10,12 +10,12 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from netsupport import API_KEY, AgentThread, ServerThread, make_settings, wait_for
+from netsupport import API_KEY, AgentThread, RawAgent, ServerThread, make_settings, wait_for
 from rigpool.agent.backends.emulated import EmulatedBackend
 from rigpool.agent.daemon import agent_url, signed_hello
 from rigpool.coordinator.keys import create_key
 from rigpool.devnet.localnet import TOY_MODEL_NAME
-from rigpool.protocol.messages import Capabilities, ModelOffer, Token, encode
+from rigpool.protocol.messages import Capabilities, Heartbeat, ModelOffer, Token, encode
 from rigpool.protocol.signing import Identity
 
 CHAT = {"model": TOY_MODEL_NAME, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
@@ -78,10 +78,8 @@ class RogueAgent:
 
     def __init__(self, server: ServerThread, behaviour: str):
         self.behaviour = behaviour
-        self.identity = Identity.generate()
-        self.ws = connect(agent_url(server.url))
-        self.ws.send(encode(signed_hello(self.identity, CAPS)))
-        assert json.loads(self.ws.recv(timeout=10))["type"] == "welcome"
+        self.raw = RawAgent(server.url, CAPS)
+        self.ws = self.raw.ws
         self.requests = 0
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
@@ -95,22 +93,22 @@ class RogueAgent:
                 self.requests += 1
                 rid = frame["request_id"]
                 if self.behaviour == "garbage":
-                    self.ws.send(encode(Token(request_id=rid, index=0, text="ok")))
+                    self.raw.send(Token(request_id=rid, index=0, text="ok"))
                     for _ in range(3):
-                        self.ws.send("\x00garbage{{{")
+                        self.raw.send_raw("\x00garbage{{{")
                 elif self.behaviour == "disconnect-before-token":
                     self.ws.close()
                     return
                 elif self.behaviour == "disconnect-mid-stream":
-                    self.ws.send(encode(Token(request_id=rid, index=0, text="partial")))
+                    self.raw.send(Token(request_id=rid, index=0, text="partial"))
                     time.sleep(0.2)
                     self.ws.close()
                     return
                 elif self.behaviour == "silent":
                     pass
                 elif self.behaviour == "duplicate-token":
-                    self.ws.send(encode(Token(request_id=rid, index=0, text="a")))
-                    self.ws.send(encode(Token(request_id=rid, index=0, text="a")))
+                    self.raw.send(Token(request_id=rid, index=0, text="a"))
+                    self.raw.send(Token(request_id=rid, index=0, text="a"))
         except Exception:
             return
 
@@ -191,3 +189,23 @@ def test_agent_reconnects_after_coordinator_restart(tmp_path, toy_model):
         wait_for(lambda: restarted.agents_online() == 1, timeout_s=40, what="reconnect")
     agent.stop()
     assert agent.error is None
+
+
+def test_unsealed_forged_or_replayed_frames_are_refused(coordinator):
+    raw = RawAgent(coordinator.url, CAPS)
+    raw._closed.set()  # no background heartbeats: this test counts frames itself
+    wait_for(lambda: coordinator.agents_online() == 1)
+    session = next(iter(coordinator.app.state.coordinator.hub.sessions.values()))
+    # 1. a plain (unsealed) frame after hello
+    raw.send_raw(encode(Heartbeat(active=1)))
+    # 2. a frame sealed with the wrong key (someone who does not hold the agent's key)
+    from rigpool.protocol.channel import Sealer
+
+    raw.send_raw(Sealer(b"\x00" * 32).seal(encode(Heartbeat(active=2))))
+    # 3. a replay of a genuine sealed frame
+    genuine = raw.sealer.seal(encode(Heartbeat(active=3)))
+    raw.send_raw(genuine)
+    wait_for(lambda: session.reported_active == 3, what="genuine frame accepted")
+    raw.send_raw(genuine)
+    wait_for(lambda: coordinator.agents_online() == 0, what="session closed after 3 bad frames")
+    assert session.garbage_frames == 3

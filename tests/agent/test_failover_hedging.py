@@ -8,15 +8,12 @@ import time
 
 import httpx
 import openai
-from websockets.sync.client import connect
 
-from netsupport import API_KEY, AgentThread, ServerThread, make_settings, wait_for
+from netsupport import API_KEY, AgentThread, RawAgent, ServerThread, make_settings, wait_for
 from rigpool.agent.backends.emulated import EmulatedBackend
-from rigpool.agent.daemon import agent_url, signed_hello
 from rigpool.coordinator.keys import create_key
 from rigpool.devnet.localnet import TOY_MODEL_NAME
-from rigpool.protocol.messages import Capabilities, Done, ModelOffer, Token, encode
-from rigpool.protocol.signing import Identity
+from rigpool.protocol.messages import Capabilities, Done, ModelOffer, Token
 
 CAPS = Capabilities(
     backend="emulated", emulated=True, models=[ModelOffer(name=TOY_MODEL_NAME, context_length=2048)]
@@ -28,9 +25,8 @@ class ScriptedAgent:
     either disconnects or finishes (after `delay_s`)."""
 
     def __init__(self, server: ServerThread, *, tokens: int, then: str, delay_s: float = 0.0):
-        self.ws = connect(agent_url(server.url))
-        self.ws.send(encode(signed_hello(Identity.generate(), CAPS)))
-        assert json.loads(self.ws.recv(timeout=10))["type"] == "welcome"
+        self.raw = RawAgent(server.url, CAPS)
+        self.ws = self.raw.ws
         self.got_request = threading.Event()
         self.release = threading.Event()
         self.tokens, self.then, self.delay_s = tokens, then, delay_s
@@ -45,13 +41,13 @@ class ScriptedAgent:
                 rid = frame["request_id"]
                 time.sleep(self.delay_s)
                 for i in range(self.tokens):
-                    self.ws.send(encode(Token(request_id=rid, index=i, text=f" s{i}")))
+                    self.raw.send(Token(request_id=rid, index=i, text=f" s{i}"))
                 self.got_request.set()
                 self.release.wait(30)
                 if self.then == "disconnect":
                     self.ws.close()
                     return
-                self.ws.send(encode(Done(request_id=rid, finish_reason="length")))
+                self.raw.send(Done(request_id=rid, finish_reason="length"))
         except Exception:
             return
 

@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from rigpool.agent.backends.base import Backend, Finish, GenerationRequest, SamplingParams
 from rigpool.core.errors import BackendError
+from rigpool.protocol.channel import Sealer, agent_session_key
 from rigpool.protocol.messages import (
     MAX_FRAME_BYTES,
     Cancel,
@@ -109,6 +110,7 @@ class Agent:
         self._send_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._draining = False
+        self._sealer: Sealer | None = None
         self.drain_timeout_s = 30.0
 
     def stop(self) -> None:
@@ -141,11 +143,17 @@ class Agent:
     async def _send(
         self, ws: ClientConnection, frame: Token | Done | Error | Heartbeat | Hello
     ) -> None:
+        text = encode(frame)
         async with self._send_lock:
-            await ws.send(encode(frame))
+            # Sealing inside the lock keeps sequence numbers in the order frames hit the wire.
+            if self._sealer is not None:
+                text = self._sealer.seal(text)
+            await ws.send(text)
 
     async def _serve_connection(self, ws: ClientConnection, backoff: Backoff) -> None:
-        await self._send(ws, signed_hello(self.identity, self.capabilities))
+        hello = signed_hello(self.identity, self.capabilities)
+        self._sealer = None
+        await self._send(ws, hello)
         reply = decode_coordinator_frame(await asyncio.wait_for(ws.recv(), 15))
         if isinstance(reply, Refused):
             if reply.retry:
@@ -154,6 +162,12 @@ class Agent:
         if not isinstance(reply, Welcome):
             raise AgentRefused(f"unexpected answer to hello: {reply.type}")
         backoff.reset()
+        self._sealer = None
+        if reply.session_pubkey:
+            key = agent_session_key(
+                self.identity.keypair_bytes(), bytes.fromhex(reply.session_pubkey), hello.nonce
+            )
+            self._sealer = Sealer(key)
         models = ", ".join(m.name for m in self.capabilities.models)
         self.on_status(f"connected as {self.identity.agent_id} serving {models}")
         heartbeat = asyncio.create_task(self._heartbeats(ws, reply.heartbeat_interval_s))

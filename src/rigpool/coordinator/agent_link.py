@@ -14,17 +14,20 @@ import contextlib
 import logging
 import time
 
+import base58
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from rigpool.coordinator.hub import AgentSession
 from rigpool.coordinator.registry import provider_offline, provider_online, remember_nonce
 from rigpool.coordinator.state import CoordinatorState
+from rigpool.protocol.channel import Opener, coordinator_session_key, new_ephemeral
 from rigpool.protocol.messages import (
     PROTOCOL_VERSION,
     Heartbeat,
     Hello,
     ProtocolError,
     Refused,
+    Sealed,
     Welcome,
     decode_agent_frame,
     encode,
@@ -106,25 +109,37 @@ async def agent_connect(ws: WebSocket) -> None:
         models=frozenset(accepted),
     )
     await asyncio.to_thread(provider_online, state.db, frame.agent_id, frame.capabilities, accepted)
+    ephemeral_private, ephemeral_public = new_ephemeral()
+    opener = Opener(
+        coordinator_session_key(ephemeral_private, base58.b58decode(frame.agent_id), frame.nonce)
+    )
+    # Welcome goes out before the agent becomes routable, so it is always the first reply.
+    await ws.send_text(
+        encode(
+            Welcome(
+                agent_id=frame.agent_id,
+                heartbeat_interval_s=state.settings.heartbeat_interval_s,
+                session_pubkey=ephemeral_public.hex(),
+            )
+        )
+    )
     replaced = state.hub.add(session)
     if replaced is not None:
         state.hub.remove(replaced, "agent reconnected elsewhere")
         await replaced.close()
     state.agent_joined(session)
-    await ws.send_text(
-        encode(
-            Welcome(
-                agent_id=frame.agent_id, heartbeat_interval_s=state.settings.heartbeat_interval_s
-            )
-        )
-    )
     log.info("agent %s online: %s, models %s", frame.agent_id, frame.capabilities.backend, accepted)
     reason = "agent disconnected"
     try:
         while True:
             raw = await asyncio.wait_for(ws.receive_text(), state.settings.heartbeat_timeout_s)
             try:
-                msg = decode_agent_frame(raw)
+                sealed = decode_agent_frame(raw)
+                if not isinstance(sealed, Sealed):
+                    raise ProtocolError(f"unsealed {sealed.type} frame after hello")
+                msg = decode_agent_frame(opener.open(sealed))
+                if isinstance(msg, Sealed):
+                    raise ProtocolError("nested sealed frame")
             except ProtocolError as exc:
                 session.garbage_frames += 1
                 log.warning("agent %s sent garbage (%s)", frame.agent_id, exc)

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
 #: major.minor — major must match between peers; minor only adds fields with defaults.
-PROTOCOL_VERSION = "1.1"
+PROTOCOL_VERSION = "1.2"
 
 #: frames bigger than this are refused by both sides before parsing (a garbage flood guard).
 MAX_FRAME_BYTES = 1 << 20
@@ -73,6 +73,22 @@ class Welcome(_Frame):
     protocol_version: str = PROTOCOL_VERSION
     agent_id: str
     heartbeat_interval_s: float = 5.0
+    # 1.2: hex X25519 public key of this session; when set, every later agent frame is sealed
+    # (see protocol/channel.py).
+    session_pubkey: str = Field(default="", max_length=64)
+
+
+class Sealed(_Frame):
+    """An agent frame after hello, authenticated by the session key (protocol/channel.py)."""
+
+    type: Literal["sealed"] = "sealed"
+    seq: int = Field(ge=1)
+    mac: str = Field(min_length=32, max_length=32)
+    body: str = Field(max_length=MAX_FRAME_BYTES)
+
+
+def encode_sealed(frame: Sealed) -> str:
+    return frame.model_dump_json()
 
 
 class Refused(_Frame):
@@ -147,8 +163,11 @@ class Error(_Frame):
     retryable: bool = True
 
 
-AgentFrame = Annotated[Hello | Heartbeat | Token | Done | Error, Field(discriminator="type")]
+AgentFrame = Annotated[
+    Hello | Heartbeat | Token | Done | Error | Sealed, Field(discriminator="type")
+]
 CoordinatorFrame = Annotated[Welcome | Refused | Generate | Cancel, Field(discriminator="type")]
+
 
 class _AgentFrameRoot(RootModel[AgentFrame]):
     pass
@@ -167,7 +186,7 @@ def _check_size(raw: str | bytes) -> None:
         raise ProtocolError(f"frame of {len(raw)} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
 
 
-def decode_agent_frame(raw: str | bytes) -> Hello | Heartbeat | Token | Done | Error:
+def decode_agent_frame(raw: str | bytes) -> Hello | Heartbeat | Token | Done | Error | Sealed:
     """Parse a frame sent by an agent; raises ProtocolError on anything malformed."""
     _check_size(raw)
     try:
