@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from rigpool.cli.fit import fit_command
+from rigpool.cli.simulate import simulate_command
 from rigpool.core.errors import RigpoolError
 
 app = typer.Typer(
@@ -345,6 +346,7 @@ def demo(
 
 
 app.command("fit")(fit_command)
+app.command("simulate")(simulate_command)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
