@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from rigpool.cli.fit import fit_command
+from rigpool.cli.ledger import ledger_app, receipt_app
 from rigpool.cli.simulate import simulate_command
 from rigpool.core.errors import RigpoolError
 
@@ -347,6 +348,8 @@ def demo(
 
 app.command("fit")(fit_command)
 app.command("simulate")(simulate_command)
+app.add_typer(ledger_app, name="ledger")
+app.add_typer(receipt_app, name="receipt")
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

@@ -44,7 +44,9 @@ def audit(ledger: Ledger, chain: Chain | None = None) -> list[str]:
             if a.kind != K.EXTERNAL and a.balance < 0:
                 problems.append(f"{a.kind} account of {a.owner} is below zero ({a.balance})")
         posted = _pairs(
-            s.execute(select(Posting.account_id, func.sum(Posting.amount)).group_by(Posting.account_id)).all()
+            s.execute(
+                select(Posting.account_id, func.sum(Posting.amount)).group_by(Posting.account_id)
+            ).all()
         )
         for aid, a in accounts.items():
             if int(posted.get(aid, 0) or 0) != a.balance:
@@ -72,7 +74,9 @@ def audit(ledger: Ledger, chain: Chain | None = None) -> list[str]:
         for owner in set(held) | set(by_owner(K.CONSUMER_HOLD)):
             want, have = int(held.get(owner, 0) or 0), by_owner(K.CONSUMER_HOLD).get(owner, 0)
             if want != have:
-                problems.append(f"holds of {owner} add up to {want} but its hold account has {have}")
+                problems.append(
+                    f"holds of {owner} add up to {want} but its hold account has {have}"
+                )
         unbonding = _pairs(
             s.execute(
                 select(Unbonding.provider, func.sum(Unbonding.amount))
@@ -84,7 +88,9 @@ def audit(ledger: Ledger, chain: Chain | None = None) -> list[str]:
             want = int(unbonding.get(owner, 0) or 0)
             have = by_owner(K.PROVIDER_UNBONDING).get(owner, 0)
             if want != have:
-                problems.append(f"unbondings of {owner} add up to {want} but the account has {have}")
+                problems.append(
+                    f"unbondings of {owner} add up to {want} but the account has {have}"
+                )
         unpaid = int(s.scalar(select(func.sum(Payout.amount)).where(Payout.state != "paid")) or 0)
         pending = sum(by_owner(K.PAYOUT_PENDING).values())
         if unpaid != pending:

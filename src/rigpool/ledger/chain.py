@@ -85,6 +85,8 @@ class Chain(Protocol):
         ...
 
     def deposit(self, payer_keypair: bytes, amount: int) -> str:
-        """Transfer `amount` from the payer's ATA into the vault (signed by the payer's
-        64-byte keypair); returns the signature. This is the consumer's side of a deposit."""
+        """Transfer `amount` from the payer's ATA into the vault; returns the signature.
+
+        Signed by the payer's 64-byte keypair: this is the consumer's side of a deposit.
+        """
         ...

@@ -14,15 +14,62 @@ signed by the same key that countersigned the receipt.
 from __future__ import annotations
 
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import base58
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
 from pydantic import BaseModel, ConfigDict, Field
 
 from rigpool.ledger import merkle
 from rigpool.ledger.errors import InvalidReceipt
-from rigpool.protocol.signing import Identity, verify
+from rigpool.protocol.signing import Identity
+
+
+@lru_cache(maxsize=65_536)
+def _verify_key(public_key: str) -> VerifyKey | None:
+    try:
+        return VerifyKey(base58.b58decode(public_key))
+    except (ValueError, TypeError):
+        return None
+
+
+def verify(public_key: str, message: bytes, signature: str) -> bool:
+    """`rigpool.protocol.signing.verify` with the decoded key cached.
+
+    Receipts repeat a few thousand provider keys and one coordinator key millions of times;
+    decoding base58 and building the key object each time cost as much as the check itself.
+    """
+    key = _verify_key(public_key)
+    if key is None:
+        return False
+    try:
+        key.verify(message, base58.b58decode(signature))
+    except (BadSignatureError, ValueError, TypeError):
+        return False
+    return True
+
+
+def verify_all(receipts: list[SignedReceipt]) -> None:
+    """Verify many receipts on all cores (libsodium releases the GIL); raise on the first bad."""
+
+    def check(chunk: list[SignedReceipt]) -> None:
+        for r in chunk:
+            r.verify()
+
+    workers = min(8, os.cpu_count() or 1)
+    if len(receipts) < 256 or workers == 1:
+        check(receipts)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        for fut in [pool.submit(check, receipts[i::workers]) for i in range(workers)]:
+            fut.result()
+
 
 AGENT_DOMAIN = b"rigpool-receipt-v1/agent:"
 COORDINATOR_DOMAIN = b"rigpool-receipt-v1/coordinator:"
@@ -64,9 +111,7 @@ class SignedReceipt(BaseModel):
     def leaf(self) -> bytes:
         """The Merkle leaf: domain-separated hash of the canonical signed receipt."""
         payload = self.model_dump(mode="json")
-        return merkle.leaf_hash(
-            json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-        )
+        return merkle.leaf_hash(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode())
 
     def verify(self) -> None:
         """Raise `InvalidReceipt` unless both signatures and the arithmetic hold."""
@@ -75,7 +120,9 @@ class SignedReceipt(BaseModel):
             raise InvalidReceipt(f"receipt {b.request_id}: provider_amount + fee != amount")
         if not verify(b.provider, AGENT_DOMAIN + b.canonical(), self.agent_signature):
             raise InvalidReceipt(f"receipt {b.request_id}: bad agent signature")
-        if not verify(b.coordinator, _countersigned(b, self.agent_signature), self.coordinator_signature):
+        if not verify(
+            b.coordinator, _countersigned(b, self.agent_signature), self.coordinator_signature
+        ):
             raise InvalidReceipt(f"receipt {b.request_id}: bad coordinator signature")
 
 
@@ -104,8 +151,11 @@ def countersign(body: ReceiptBody, agent_signature: str, coordinator: Identity) 
 
 
 class ReceiptProof(BaseModel):
-    """What `rigpool receipt verify FILE` reads: a receipt, its inclusion proof, and where
-    on chain its epoch was paid (a hint only; the verifier checks it on chain)."""
+    """What `rigpool receipt verify FILE` reads: a receipt and its inclusion proof.
+
+    `settlement_signatures` says where on chain its epoch was paid: a hint only, the verifier
+    checks it on chain (and searches the provider's token account without it).
+    """
 
     receipt: SignedReceipt
     epoch_id: int

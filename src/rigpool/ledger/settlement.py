@@ -143,6 +143,8 @@ class Settler:
                 pos += len(tx.payments)
                 done = s.execute(
                     update(Payout)
+                    .execution_options(synchronize_session=False)
+                    .execution_options(synchronize_session=False)
                     .where(Payout.id.in_(ids), Payout.state == "queued")
                     .values(state="sent", chain_tx_id=row.id)
                 )
@@ -188,6 +190,7 @@ class Settler:
             ct.state, ct.updated = "dropped", self.ledger.clock()
             done = s.execute(
                 update(Payout)
+                .execution_options(synchronize_session=False)
                 .where(Payout.chain_tx_id == chain_tx_id, Payout.state == "sent")
                 .values(state="queued", chain_tx_id=None)
             )

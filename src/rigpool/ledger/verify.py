@@ -26,7 +26,9 @@ class Verified:
     paid: int
 
 
-def verify_receipt(proof: ReceiptProof, chain: Chain, *, coordinator: str | None = None) -> Verified:
+def verify_receipt(
+    proof: ReceiptProof, chain: Chain, *, coordinator: str | None = None
+) -> Verified:
     """Raise `InvalidReceipt` unless the receipt is signed, included and paid on chain.
 
     `coordinator` pins the coordinator's public key; without it the receipt's own claim is
@@ -43,7 +45,9 @@ def verify_receipt(proof: ReceiptProof, chain: Chain, *, coordinator: str | None
     vault = chain.token_account(body.coordinator)
     payee = chain.token_account(body.provider)
     prefix = f"rigpool:epoch:{proof.epoch_id}:{proof.merkle_root}:"
-    candidates = list(dict.fromkeys([*proof.settlement_signatures, *chain.signatures_for_address(payee)]))
+    candidates = list(
+        dict.fromkeys([*proof.settlement_signatures, *chain.signatures_for_address(payee)])
+    )
     for sig in candidates:
         tx = chain.get_transaction(sig)
         if tx is None or not tx.ok or body.coordinator not in tx.signers:

@@ -54,14 +54,20 @@ def create_mint_ixs(payer: Pubkey, mint: Pubkey, rent: int, decimals: int) -> li
     return [
         create_account(
             CreateAccountParams(
-                from_pubkey=payer, to_pubkey=mint, lamports=rent, space=MINT_LEN,
+                from_pubkey=payer,
+                to_pubkey=mint,
+                lamports=rent,
+                space=MINT_LEN,
                 owner=TOKEN_PROGRAM_ID,
             )
         ),
         token_ix.initialize_mint2(
             InitializeMint2Params(
-                decimals=decimals, program_id=TOKEN_PROGRAM_ID, mint=mint,
-                mint_authority=payer, freeze_authority=None,
+                decimals=decimals,
+                program_id=TOKEN_PROGRAM_ID,
+                mint=mint,
+                mint_authority=payer,
+                freeze_authority=None,
             )
         ),
         token_ix.create_idempotent_associated_token_account(payer, payer, mint),
@@ -71,8 +77,11 @@ def create_mint_ixs(payer: Pubkey, mint: Pubkey, rent: int, decimals: int) -> li
 def mint_to_ix(mint: Pubkey, dest_wallet: Pubkey, authority: Pubkey, amount: int) -> Instruction:
     return token_ix.mint_to(
         MintToParams(
-            program_id=TOKEN_PROGRAM_ID, mint=mint, dest=ata(dest_wallet, mint),
-            mint_authority=authority, amount=amount,
+            program_id=TOKEN_PROGRAM_ID,
+            mint=mint,
+            dest=ata(dest_wallet, mint),
+            mint_authority=authority,
+            amount=amount,
         )
     )
 
@@ -82,8 +91,13 @@ def transfer_ix(
 ) -> Instruction:
     return token_ix.transfer_checked(
         TransferCheckedParams(
-            program_id=TOKEN_PROGRAM_ID, source=ata(source_wallet, mint), mint=mint,
-            dest=ata(dest_wallet, mint), owner=source_wallet, amount=amount, decimals=decimals,
+            program_id=TOKEN_PROGRAM_ID,
+            source=ata(source_wallet, mint),
+            mint=mint,
+            dest=ata(dest_wallet, mint),
+            owner=source_wallet,
+            amount=amount,
+            decimals=decimals,
         )
     )
 
@@ -107,7 +121,9 @@ def pack_payouts(
     def payment_ixs(wallet: Pubkey, amount: int) -> list[Instruction]:
         ixs = []
         if not ata_exists(wallet):
-            ixs.append(token_ix.create_idempotent_associated_token_account(payer.pubkey(), wallet, mint))
+            ixs.append(
+                token_ix.create_idempotent_associated_token_account(payer.pubkey(), wallet, mint)
+            )
         ixs.append(transfer_ix(mint, payer.pubkey(), wallet, amount, decimals))
         return ixs
 
@@ -154,14 +170,18 @@ def decode(signature: str, msg: Message | MessageV0, ok: bool) -> ChainTransacti
             memos.append(data.decode(errors="replace"))
         elif program == TOKEN_PROGRAM_ID and data[:1] == bytes([_TRANSFER]) and len(accounts) >= 3:
             amount = int.from_bytes(data[1:9], "little")
-            transfers.append(TokenTransfer(str(accounts[0]), str(accounts[1]), str(accounts[2]), amount))
+            transfers.append(
+                TokenTransfer(str(accounts[0]), str(accounts[1]), str(accounts[2]), amount)
+            )
         elif (
             program == TOKEN_PROGRAM_ID
             and data[:1] == bytes([_TRANSFER_CHECKED])
             and len(accounts) >= 4
         ):
             amount = int.from_bytes(data[1:9], "little")
-            transfers.append(TokenTransfer(str(accounts[0]), str(accounts[2]), str(accounts[3]), amount))
+            transfers.append(
+                TokenTransfer(str(accounts[0]), str(accounts[2]), str(accounts[3]), amount)
+            )
     return ChainTransaction(signature, ok, signers, tuple(memos), tuple(transfers))
 
 

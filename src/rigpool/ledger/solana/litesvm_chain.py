@@ -39,28 +39,61 @@ SOL = 1_000_000_000
 class LiteSVMChain:
     """A mint, a vault owned by the coordinator's key, and dev helpers to fund wallets."""
 
-    def __init__(self, authority_keypair: bytes, *, decimals: int = 6, journal: Path | None = None):
-        self.payer = common.keypair(authority_keypair)
-        self._mint_kp = common.derived_keypair(authority_keypair, b"rigpool/mint")
-        self.decimals = decimals
-        self.authority = str(self.payer.pubkey())
-        self.mint = str(self._mint_kp.pubkey())
-        self.vault = str(common.ata(self.payer.pubkey(), self._mint_kp.pubkey()))
+    def __init__(
+        self,
+        authority_keypair: bytes | None,
+        *,
+        decimals: int = 6,
+        journal: Path | None = None,
+    ):
+        """Create a chain (mint + vault of the authority), or reopen one from `journal`.
+
+        Without `authority_keypair` the chain opens read-only from its journal: enough to
+        verify receipts, which needs no secret.
+        """
         self.svm = LiteSVM()
         self._txs: dict[str, tuple[bytes, bool]] = {}
         self._by_address: dict[str, list[str]] = {}
         self._journal = journal
         self.sent = 0  # landed transactions (for benchmarks)
-        if journal is not None and journal.exists() and journal.stat().st_size:
+        self.decimals = decimals
+        self._payer = common.keypair(authority_keypair) if authority_keypair else None
+        replay = journal is not None and journal.exists() and journal.stat().st_size > 0
+        if replay and journal is not None:
+            header = json.loads(journal.open().readline())
+            self.authority, self.mint = header["authority"], header["mint"]
+            self.decimals = int(header["decimals"])
+            if self._payer is not None and str(self._payer.pubkey()) != self.authority:
+                raise ChainError(f"{journal} belongs to authority {self.authority}")
             self._replay(journal)
+        elif authority_keypair is None or self._payer is None:
+            raise ChainError("a new embedded chain needs the coordinator's keypair")
         else:
-            self.airdrop(self.payer.pubkey(), 1_000 * SOL)
+            mint_kp = common.derived_keypair(authority_keypair, b"rigpool/mint")
+            self.authority, self.mint = str(self._payer.pubkey()), str(mint_kp.pubkey())
+            self._record(
+                {
+                    "t": "header",
+                    "authority": self.authority,
+                    "mint": self.mint,
+                    "decimals": decimals,
+                }
+            )
+            self.airdrop(self._payer.pubkey(), 1_000 * SOL)
             rent = self.svm.minimum_balance_for_rent_exemption(MINT_LEN)
-            ixs = common.create_mint_ixs(self.payer.pubkey(), self._mint_kp.pubkey(), rent, decimals)
+            ixs = common.create_mint_ixs(self._payer.pubkey(), mint_kp.pubkey(), rent, decimals)
             tx = Transaction.new_signed_with_payer(
-                ixs, self.payer.pubkey(), [self.payer, self._mint_kp], self.svm.latest_blockhash()
+                ixs, self._payer.pubkey(), [self._payer, mint_kp], self.svm.latest_blockhash()
             )
             self.send(bytes(tx))
+        self._mint = Pubkey.from_string(self.mint)
+        self.vault = str(common.ata(Pubkey.from_string(self.authority), self._mint))
+
+    @property
+    def payer(self) -> Keypair:
+        if self._payer is None:
+            raise ChainError("this chain was opened read-only (no coordinator keypair)")
+        return self._payer
 
     # ---------------------------------------------------------------- journal
 
@@ -74,6 +107,8 @@ class LiteSVMChain:
         self.svm.with_blockhash_check(False)
         for line in journal.read_text().splitlines():
             entry = json.loads(line)
+            if entry["t"] == "header":
+                continue
             if entry["t"] == "airdrop":
                 self.svm.airdrop(Pubkey.from_string(entry["to"]), int(entry["lamports"]))
             else:
@@ -97,7 +132,7 @@ class LiteSVMChain:
     # ------------------------------------------------------------------ Chain
 
     def token_account(self, wallet: str) -> str:
-        return str(common.ata(Pubkey.from_string(wallet), self._mint_kp.pubkey()))
+        return str(common.ata(Pubkey.from_string(wallet), self._mint))
 
     def _token_balance_at(self, token_account: Pubkey) -> int:
         acc = self.svm.get_account(token_account)
@@ -110,12 +145,12 @@ class LiteSVMChain:
         return self._token_balance_at(Pubkey.from_string(self.vault))
 
     def _ata_exists(self, wallet: Pubkey) -> bool:
-        return self.svm.get_account(common.ata(wallet, self._mint_kp.pubkey())) is not None
+        return self.svm.get_account(common.ata(wallet, self._mint)) is not None
 
     def prepare_payouts(self, payments: Sequence[tuple[str, int]], memo: str) -> list[PreparedTx]:
         return common.pack_payouts(
             self.payer,
-            self._mint_kp.pubkey(),
+            self._mint,
             self.decimals,
             payments,
             memo,
@@ -149,7 +184,9 @@ class LiteSVMChain:
 
     def deposit(self, payer_keypair: bytes, amount: int) -> str:
         kp = common.keypair(payer_keypair)
-        ix = common.transfer_ix(self._mint_kp.pubkey(), kp.pubkey(), self.payer.pubkey(), amount, self.decimals)
+        ix = common.transfer_ix(
+            self._mint, kp.pubkey(), Pubkey.from_string(self.authority), amount, self.decimals
+        )
         ixs = [ix, common.memo_ix(f"rigpool:deposit:{secrets.token_hex(8)}")]
         tx = Transaction.new_signed_with_payer(ixs, kp.pubkey(), [kp], self.svm.latest_blockhash())
         self.send(bytes(tx))
@@ -168,13 +205,17 @@ class LiteSVMChain:
         owner = Pubkey.from_string(wallet)
         if (self.svm.get_balance(owner) or 0) < SOL // 10:
             self.airdrop(owner, SOL)
-        mint = self._mint_kp.pubkey()
+        mint = self._mint
         ixs = [
-            common.token_ix.create_idempotent_associated_token_account(self.payer.pubkey(), owner, mint),
+            common.token_ix.create_idempotent_associated_token_account(
+                self.payer.pubkey(), owner, mint
+            ),
             common.mint_to_ix(mint, owner, self.payer.pubkey(), amount),
             common.memo_ix(f"rigpool:fund:{secrets.token_hex(8)}"),
         ]
-        tx = Transaction.new_signed_with_payer(ixs, self.payer.pubkey(), [self.payer], self.svm.latest_blockhash())
+        tx = Transaction.new_signed_with_payer(
+            ixs, self.payer.pubkey(), [self.payer], self.svm.latest_blockhash()
+        )
         self.send(bytes(tx))
 
     def expire_blockhash(self) -> None:

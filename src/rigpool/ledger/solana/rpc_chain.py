@@ -39,21 +39,28 @@ class RpcChain:
     def __init__(
         self,
         url: str,
-        authority_keypair: bytes,
         mint: str,
+        authority_keypair: bytes | None = None,
         *,
         decimals: int = 6,
         confirm_timeout_s: float = 60.0,
     ):
-        self.payer: Keypair = common.keypair(authority_keypair)
-        self.authority = str(self.payer.pubkey())
+        # Without a keypair the chain is read-only: enough to verify receipts.
+        self._payer = common.keypair(authority_keypair) if authority_keypair else None
+        self.authority = str(self._payer.pubkey()) if self._payer else ""
         self.mint = mint
         self.decimals = decimals
         self._mint = Pubkey.from_string(mint)
-        self.vault = str(common.ata(self.payer.pubkey(), self._mint))
+        self.vault = str(common.ata(self._payer.pubkey(), self._mint)) if self._payer else ""
         self.confirm_timeout_s = confirm_timeout_s
         self._loop = asyncio.new_event_loop()
         self._client = AsyncClient(url, commitment=Confirmed)
+
+    @property
+    def payer(self) -> Keypair:
+        if self._payer is None:
+            raise ChainError("this chain was opened read-only (no coordinator keypair)")
+        return self._payer
 
     def _run(self, coro: Any) -> Any:
         try:
@@ -72,7 +79,9 @@ class RpcChain:
 
     def _balance(self, token_account: str) -> int:
         try:
-            resp = self._run(self._client.get_token_account_balance(Pubkey.from_string(token_account)))
+            resp = self._run(
+                self._client.get_token_account_balance(Pubkey.from_string(token_account))
+            )
         except ChainError:
             return 0  # no such token account yet
         return int(resp.value.amount)
@@ -93,7 +102,12 @@ class RpcChain:
                 exists[w] = acc is not None
         blockhash = self._run(self._client.get_latest_blockhash()).value.blockhash
         return common.pack_payouts(
-            self.payer, self._mint, self.decimals, payments, memo, blockhash,
+            self.payer,
+            self._mint,
+            self.decimals,
+            payments,
+            memo,
+            blockhash,
             lambda w: exists.get(w, False),
         )
 
@@ -115,7 +129,8 @@ class RpcChain:
     def get_transaction(self, signature: str) -> ChainTransaction | None:
         resp = self._run(
             self._client.get_transaction(
-                Signature.from_string(signature), encoding="base64",
+                Signature.from_string(signature),
+                encoding="base64",
                 max_supported_transaction_version=0,
             )
         )
@@ -142,7 +157,9 @@ class RpcChain:
     def deposit(self, payer_keypair: bytes, amount: int) -> str:
         kp = common.keypair(payer_keypair)
         blockhash = self._run(self._client.get_latest_blockhash()).value.blockhash
-        ix = common.transfer_ix(self._mint, kp.pubkey(), self.payer.pubkey(), amount, self.decimals)
+        ix = common.transfer_ix(
+            self._mint, kp.pubkey(), Pubkey.from_string(self.authority), amount, self.decimals
+        )
         tx = Transaction.new_signed_with_payer([ix], kp.pubkey(), [kp], blockhash)
         self.send(bytes(tx))
         return str(tx.signatures[0])
