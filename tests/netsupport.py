@@ -65,6 +65,8 @@ def make_settings(tmp_path: Path, model_dirs: list[Path], **overrides: object) -
         "request_timeout_s": 30.0,
         "heartbeat_interval_s": 0.5,
         "heartbeat_timeout_s": 3.0,
+        # Escrow has its own tests (tests/gateway/test_billing.py); others run unbilled.
+        "billing": False,
     }
     values.update(overrides)
     return Settings.model_validate(values)

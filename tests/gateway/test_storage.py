@@ -28,5 +28,5 @@ def test_api_keys_are_stored_hashed(tmp_path):
     )
     assert key.encode() not in raw
     assert hash_key(key).encode() in raw
-    assert authenticate(db, key) is not None
+    assert authenticate(db, key) == (1, "apikey-1")
     assert authenticate(db, key + "x") is None

@@ -27,8 +27,14 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-def create_key(db: sessionmaker[Session], name: str = "", key: str | None = None) -> str:
-    """Store a key (a fresh one unless `key` is given) and return it in clear, once."""
+def create_key(
+    db: sessionmaker[Session], name: str = "", key: str | None = None, consumer: str | None = None
+) -> str:
+    """Store a key (a fresh one unless `key` is given) and return it in clear, once.
+
+    `consumer` is the ledger account the key spends from (the consumer's wallet); without it
+    the key spends from an account of its own, "apikey-<id>".
+    """
     key = key or new_key()
     if len(key) < 16:
         raise ValueError("an API key must be at least 16 characters")
@@ -41,16 +47,19 @@ def create_key(db: sessionmaker[Session], name: str = "", key: str | None = None
                     name=name,
                     prefix=key[:8],
                     key_hash=digest,
+                    consumer=consumer,
                     created=datetime.now(UTC).replace(tzinfo=None),
                 )
             )
-        elif existing.revoked:
+        else:
             existing.revoked = False
+            if consumer is not None:
+                existing.consumer = consumer
     return key
 
 
-def authenticate(db: sessionmaker[Session], key: str) -> int | None:
-    """Return the key's id when `key` is a live API key, else None."""
+def authenticate(db: sessionmaker[Session], key: str) -> tuple[int, str] | None:
+    """Return (key id, consumer account) when `key` is a live API key, else None."""
     digest = hash_key(key)
     with db() as session:
         row = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
@@ -58,4 +67,4 @@ def authenticate(db: sessionmaker[Session], key: str) -> int | None:
     # comparison is constant-time all the same, as defence in depth.
     if row is None or row.revoked or not hmac.compare_digest(row.key_hash, digest):
         return None
-    return row.id
+    return row.id, row.consumer or f"apikey-{row.id}"

@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     hedging: bool = True
     hedge_share: float = Field(default=0.05, ge=0, le=1)
 
+    # Money: escrow every request (hold -> capture/release) in the ledger.
+    billing: bool = True
+    network_fee_bps: int = Field(default=500, ge=0, le=10_000)
+
     # Agents.
     heartbeat_interval_s: float = Field(default=2.0, gt=0)
     heartbeat_timeout_s: float = Field(default=8.0, gt=0)

@@ -11,8 +11,10 @@ from rigpool.coordinator.hub import AgentSession, Hub
 from rigpool.coordinator.models import list_models
 from rigpool.coordinator.settings import Settings
 from rigpool.coordinator.tables import Model
+from rigpool.gateway.billing import Billing, units
 from rigpool.gateway.ratelimit import RateLimiter
 from rigpool.hardware.catalog import match_nvml_name
+from rigpool.ledger import Ledger, Price
 from rigpool.scheduler.baselines import LeastLoaded, RandomChoice, RoundRobin
 from rigpool.scheduler.fleet import AgentRecord, FleetIndex
 from rigpool.scheduler.hedging import HedgePolicy
@@ -31,10 +33,15 @@ class CoordinatorState:
     least_loaded: LeastLoaded = field(default_factory=LeastLoaded)
     random_choice: RandomChoice = field(default_factory=RandomChoice)
     limiter: RateLimiter = field(default_factory=lambda: RateLimiter(1, 1))
+    billing: Billing | None = None
+    #: (agent, model) -> posted price in base units per million tokens
+    prices: dict[tuple[str, str], Price] = field(default_factory=dict)
     _models: dict[str, Model] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.hedge = HedgePolicy(share=self.settings.hedge_share)
+        if self.settings.billing:
+            self.billing = Billing(Ledger(self.db), self.settings.network_fee_bps)
         self.limiter = RateLimiter(
             self.settings.rate_limit_per_min,
             self.settings.rate_limit_burst,
@@ -64,6 +71,11 @@ class CoordinatorState:
             spec = match_nvml_name(gpu.name, gpu.vram_mb)
             names.append(spec.name if spec else gpu.name)
         offers = {m.name: m.price_out_per_mtok for m in caps.models if m.name in session.models}
+        for m in caps.models:
+            if m.name in session.models:
+                self.prices[(session.agent_id, m.name)] = Price(
+                    units(m.price_in_per_mtok), units(m.price_out_per_mtok)
+                )
         self.fleet.join(
             AgentRecord(
                 agent_id=session.agent_id,
@@ -90,6 +102,23 @@ class CoordinatorState:
         if agent_id not in self.hub.sessions:
             self.fleet.leave(agent_id)
             self.hedge.forget(agent_id)
+            for key in [k for k in self.prices if k[0] == agent_id]:
+                del self.prices[key]
+
+    def price(self, agent_id: str, model: str) -> Price:
+        return self.prices.get((agent_id, model), Price(0, 0))
+
+    def price_cap(self, model: str, constraints: Constraints) -> Price:
+        """The highest price an eligible provider asks: what a hold must cover."""
+        highest_in = highest_out = 0
+        for agent_id in self.fleet.serving(model).items:
+            record = self.fleet.get(agent_id)
+            if record is None or not constraints.admits(record, model):
+                continue
+            p = self.price(agent_id, model)
+            highest_in = max(highest_in, p.input_per_million)
+            highest_out = max(highest_out, p.output_per_million)
+        return Price(highest_in, highest_out)
 
     def pick_agent(
         self, model: str, constraints: Constraints, exclude: set[str]

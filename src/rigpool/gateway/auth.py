@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 from fastapi import Request
 
@@ -11,8 +12,16 @@ from rigpool.coordinator.state import CoordinatorState
 from rigpool.core.errors import Unauthorized
 
 
-async def require_api_key(request: Request) -> int:
-    """FastAPI dependency: the id of the caller's API key, or 401 in OpenAI's words."""
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the API key's id and the ledger account it spends from."""
+
+    key_id: int
+    consumer: str
+
+
+async def require_api_key(request: Request) -> Caller:
+    """FastAPI dependency: the authenticated caller, or 401 in OpenAI's words."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -20,10 +29,11 @@ async def require_api_key(request: Request) -> int:
             "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'."
         )
     state: CoordinatorState = request.app.state.coordinator
-    key_id = await asyncio.to_thread(authenticate, state.db, token.strip())
-    if key_id is None:
+    found = await asyncio.to_thread(authenticate, state.db, token.strip())
+    if found is None:
         raise Unauthorized("Incorrect API key provided.")
-    state.limiter.admit(key_id)
+    caller = Caller(*found)
+    state.limiter.admit(caller.key_id)
     if state.limiter.daily_token_quota is not None:
-        await asyncio.to_thread(state.limiter.check_quota, state.db, key_id)
-    return key_id
+        await asyncio.to_thread(state.limiter.check_quota, state.db, caller.key_id)
+    return caller

@@ -31,6 +31,7 @@ from rigpool.core.errors import (
     NotFound,
     RigpoolError,
 )
+from rigpool.gateway.billing import Hold
 from rigpool.gateway.tokenization import ModelTokenizer, load_tokenizer
 from rigpool.protocol.messages import Done, Error, Generate, Sampling, Token
 from rigpool.scheduler.routing import Constraints, NoCandidate
@@ -56,6 +57,7 @@ class Job:
 
     request_id: str
     api_key_id: int
+    consumer: str
     idempotency_key: str
     endpoint: str
     model: Model
@@ -75,6 +77,8 @@ class Job:
     tokens: list[Token] = field(default_factory=list)
     finish_reason: str = "stop"
     claimed_tokens: int | None = None
+    hold: Hold | None = None
+    charged: int = 0
 
     @property
     def output(self) -> str:
@@ -145,9 +149,39 @@ def admit(state: CoordinatorState, job: Job) -> None:
         raise IdempotentReplay(prior.response if prior is not None else None) from None
 
 
+def open_hold(state: CoordinatorState, job: Job) -> None:
+    """Escrow the request's worst-case cost (raises InsufficientBalance)."""
+    if state.billing is None:
+        return
+    cap = state.price_cap(job.model.name, job.constraints)
+    job.hold = state.billing.hold(
+        job.consumer, job.request_id, cap, job.prompt_tokens, job.sampling.max_tokens
+    )
+
+
+def close_hold(state: CoordinatorState, job: Job, *, ok: bool) -> None:
+    """Capture what the client received at the serving provider's price, or release all."""
+    if state.billing is None or job.hold is None:
+        return
+    if not ok or job.provider_id is None:
+        state.billing.release(job.hold, job.request_id)
+        return
+    capture = state.billing.capture(
+        job.hold,
+        job.request_id,
+        state.price(job.provider_id, job.model.name),
+        job.prompt_tokens,
+        job.completion_tokens(),
+        job.provider_id,
+    )
+    job.charged = capture.charged
+
+
 def finish_record(
     state: CoordinatorState, job: Job, *, error: str | None, response: dict[str, Any] | None
 ) -> None:
+    """End the request: settle its escrow, then write its final row."""
+    close_hold(state, job, ok=error is None)
     now = time.time()
     values: dict[str, Any] = {
         "status": "error" if error else "ok",

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from rigpool.coordinator.state import CoordinatorState
-from rigpool.gateway.auth import require_api_key
+from rigpool.gateway.auth import Caller, require_api_key
 from rigpool.gateway.generation import resolve_model
 
 router = APIRouter()
@@ -28,14 +28,16 @@ def _model_card(state: CoordinatorState, name: str) -> dict[str, Any]:
 
 
 @router.get("/v1/models")
-async def list_models(request: Request, _key: int = Depends(require_api_key)) -> dict[str, Any]:
+async def list_models(
+    request: Request, _caller: Caller = Depends(require_api_key)
+) -> dict[str, Any]:
     state: CoordinatorState = request.app.state.coordinator
     return {"object": "list", "data": [_model_card(state, m.name) for m in state.models()]}
 
 
 @router.get("/v1/models/{model:path}")
 async def get_model(
-    model: str, request: Request, _key: int = Depends(require_api_key)
+    model: str, request: Request, _caller: Caller = Depends(require_api_key)
 ) -> dict[str, Any]:
     state: CoordinatorState = request.app.state.coordinator
     resolve_model(state, model)

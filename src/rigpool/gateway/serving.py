@@ -19,7 +19,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from rigpool.coordinator.state import CoordinatorState
 from rigpool.core.errors import RigpoolError
 from rigpool.gateway.errors import error_body, error_response, rigpool_error_response
-from rigpool.gateway.generation import IdempotentReplay, Job, admit, finish_record, generate
+from rigpool.gateway.generation import (
+    IdempotentReplay,
+    Job,
+    admit,
+    finish_record,
+    generate,
+    open_hold,
+)
 from rigpool.protocol.messages import Token
 
 log = logging.getLogger(__name__)
@@ -60,6 +67,11 @@ async def serve(
                 code="idempotency_conflict",
             )
         return JSONResponse(replay.response, headers={"Idempotent-Replayed": "true"})
+    try:
+        await asyncio.to_thread(open_hold, state, job)
+    except RigpoolError as exc:
+        await asyncio.to_thread(finish_record, state, job, error=exc.message, response=None)
+        return rigpool_error_response(exc)
     if job.stream:
         return await _serve_stream(state, job, formatter)
     return await _serve_plain(state, job, formatter)

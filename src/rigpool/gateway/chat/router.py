@@ -10,7 +10,7 @@ from fastapi.responses import Response
 
 from rigpool.coordinator.state import CoordinatorState
 from rigpool.core.errors import BadRequest
-from rigpool.gateway.auth import require_api_key
+from rigpool.gateway.auth import Caller, require_api_key
 from rigpool.gateway.chat.schemas import ChatCompletionRequest
 from rigpool.gateway.generation import (
     DEFAULT_CHAT_MAX_TOKENS,
@@ -90,7 +90,7 @@ def _logprob_entry(token: Token) -> dict[str, Any]:
 async def chat_completions(
     body: ChatCompletionRequest,
     request: Request,
-    key_id: int = Depends(require_api_key),
+    caller: Caller = Depends(require_api_key),
     idempotency_key: str | None = Header(default=None, max_length=128),
 ) -> Response:
     state: CoordinatorState = request.app.state.coordinator
@@ -111,7 +111,8 @@ async def chat_completions(
     request_id = new_request_id("chatcmpl")
     job = Job(
         request_id=request_id,
-        api_key_id=key_id,
+        api_key_id=caller.key_id,
+        consumer=caller.consumer,
         idempotency_key=idempotency_key or request_id,
         endpoint="chat",
         model=model,

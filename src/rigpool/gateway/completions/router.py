@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import Response
 
 from rigpool.coordinator.state import CoordinatorState
-from rigpool.gateway.auth import require_api_key
+from rigpool.gateway.auth import Caller, require_api_key
 from rigpool.gateway.completions.schemas import CompletionRequest
 from rigpool.gateway.generation import Job, check_context, new_request_id, resolve_model
 from rigpool.gateway.serving import serve
@@ -70,7 +70,7 @@ def _logprobs(tokens: list[Token], offset: int) -> dict[str, Any]:
 async def completions(
     body: CompletionRequest,
     request: Request,
-    key_id: int = Depends(require_api_key),
+    caller: Caller = Depends(require_api_key),
     idempotency_key: str | None = Header(default=None, max_length=128),
 ) -> Response:
     state: CoordinatorState = request.app.state.coordinator
@@ -81,7 +81,8 @@ async def completions(
     request_id = new_request_id("cmpl")
     job = Job(
         request_id=request_id,
-        api_key_id=key_id,
+        api_key_id=caller.key_id,
+        consumer=caller.consumer,
         idempotency_key=idempotency_key or request_id,
         endpoint="completions",
         model=model,

@@ -1,0 +1,91 @@
+"""Escrow per request on a live coordinator: hold, capture from the gateway's count, release."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from netsupport import API_KEY, AgentThread, ServerThread, make_settings, wait_for
+from rigpool.agent.backends.emulated import EmulatedBackend
+from rigpool.agent.setup import ProvideOptions, capabilities_for
+from rigpool.coordinator.keys import create_key
+from rigpool.devnet.localnet import TOY_MODEL_NAME
+from rigpool.ledger import Ledger, audit
+
+CONSUMER = "alice-wallet"
+PRICE_IN, PRICE_OUT = 2.0, 4.0  # USD per million tokens -> 2,000,000 and 4,000,000 base units
+
+
+@pytest.fixture
+def billed(tmp_path, toy_model):
+    settings = make_settings(tmp_path, [toy_model], billing=True, network_fee_bps=1000)
+    with ServerThread(settings) as server:
+        create_key(server.db, key=API_KEY, consumer=CONSUMER)
+        yield server
+
+
+def provider(server, toy_model):
+    backend = EmulatedBackend("A100 80GB", TOY_MODEL_NAME, time_scale=0.05, tokenizer_dir=toy_model)
+    options = ProvideOptions(backend="auto", price_in=PRICE_IN, price_out=PRICE_OUT)
+    caps, _ = capabilities_for(backend, options)
+    agent = AgentThread(server.url, backend, models=caps.models).start()
+    wait_for(lambda: server.agents_online() >= 1)
+    return agent
+
+
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=API_KEY, max_retries=0)
+
+
+def test_no_balance_is_429_insufficient_quota_and_nothing_moves(billed, toy_model):
+    agent = provider(billed, toy_model)
+    with pytest.raises(openai.RateLimitError, match="deposit funds") as info:
+        client(billed).completions.create(model=TOY_MODEL_NAME, prompt="hi", max_tokens=8)
+    assert info.value.code == "insufficient_quota"
+    assert audit(Ledger(billed.db)) == []
+    agent.stop()
+
+
+def test_capture_uses_the_gateways_count_and_the_providers_price(billed, toy_model):
+    agent = provider(billed, toy_model)
+    ledger = Ledger(billed.db)
+    ledger.credit_deposit(CONSUMER, 10_000_000, "d" * 64)
+    reply = client(billed).completions.create(model=TOY_MODEL_NAME, prompt="hello", max_tokens=8)
+    usage = reply.usage
+    cost = -(-(usage.prompt_tokens * 2_000_000 + usage.completion_tokens * 4_000_000) // 10**6)
+    assert ledger.balance("consumer", CONSUMER) == 10_000_000 - cost
+    assert ledger.balance("consumer_hold", CONSUMER) == 0
+    fee = cost * 1000 // 10_000
+    assert ledger.balance("provider_earnings", agent.identity.agent_id) == cost - fee
+    assert sum(v for (kind, _), v in ledger.balances().items() if kind == "treasury") == fee
+    assert audit(ledger) == []
+    agent.stop()
+
+
+def test_failed_request_costs_nothing(billed, toy_model):
+    ledger = Ledger(billed.db)
+    ledger.credit_deposit(CONSUMER, 10_000_000, "e" * 64)
+    response = httpx.post(
+        billed.url + "/v1/completions",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        json={"model": TOY_MODEL_NAME, "prompt": "x", "max_tokens": 4},
+    )
+    assert response.status_code == 503  # nobody serves the model
+    assert ledger.balance("consumer", CONSUMER) == 10_000_000
+    assert ledger.balance("consumer_hold", CONSUMER) == 0
+    assert audit(ledger) == []
+
+
+def test_idempotent_retry_is_charged_once(billed, toy_model):
+    agent = provider(billed, toy_model)
+    ledger = Ledger(billed.db)
+    ledger.credit_deposit(CONSUMER, 10_000_000, "f" * 64)
+    body = {"model": TOY_MODEL_NAME, "prompt": "once", "max_tokens": 6}
+    headers = {"Authorization": f"Bearer {API_KEY}", "Idempotency-Key": "pay-once"}
+    first = httpx.post(billed.url + "/v1/completions", headers=headers, json=body)
+    after_first = ledger.balance("consumer", CONSUMER)
+    second = httpx.post(billed.url + "/v1/completions", headers=headers, json=body)
+    assert first.json() == second.json()
+    assert ledger.balance("consumer", CONSUMER) == after_first < 10_000_000
+    agent.stop()
