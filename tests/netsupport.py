@@ -59,6 +59,7 @@ class ServerThread:
 def make_settings(tmp_path: Path, model_dirs: list[Path], **overrides: object) -> Settings:
     values: dict[str, object] = {
         "database_url": f"sqlite:///{tmp_path / 'coordinator.db'}",
+        "identity_path": tmp_path / "coordinator-keypair.json",
         "model_dirs": model_dirs,
         "first_token_timeout_s": 5.0,
         "inter_token_timeout_s": 5.0,

@@ -89,3 +89,25 @@ def test_idempotent_retry_is_charged_once(billed, toy_model):
     assert first.json() == second.json()
     assert ledger.balance("consumer", CONSUMER) == after_first < 10_000_000
     agent.stop()
+
+
+def test_paid_request_gets_a_receipt_signed_by_agent_and_coordinator(billed, toy_model):
+    from sqlalchemy import select
+
+    from rigpool.ledger import SignedReceipt
+    from rigpool.ledger.tables import Receipt
+
+    agent = provider(billed, toy_model)
+    Ledger(billed.db).credit_deposit(CONSUMER, 10_000_000, "a" * 64)
+    reply = client(billed).completions.create(model=TOY_MODEL_NAME, prompt="pay me", max_tokens=5)
+
+    def stored():
+        with billed.db() as s:
+            return s.scalar(select(Receipt).where(Receipt.request_id == reply.id))
+
+    wait_for(lambda: stored() is not None, what="receipt recorded")
+    receipt = SignedReceipt.model_validate(stored().body)
+    receipt.verify()  # both signatures and the arithmetic
+    assert receipt.body.provider == agent.identity.agent_id
+    assert receipt.body.completion_tokens == reply.usage.completion_tokens
+    agent.stop()

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +27,7 @@ from rigpool.core.errors import BackendError
 from rigpool.protocol.channel import Sealer, agent_session_key
 from rigpool.protocol.messages import (
     MAX_FRAME_BYTES,
+    RECEIPT_AGENT_DOMAIN,
     Cancel,
     Capabilities,
     Done,
@@ -33,7 +36,9 @@ from rigpool.protocol.messages import (
     Heartbeat,
     Hello,
     ProtocolError,
+    ReceiptSignature,
     Refused,
+    SignReceipt,
     Token,
     TopLogprob,
     Welcome,
@@ -43,6 +48,9 @@ from rigpool.protocol.messages import (
 from rigpool.protocol.signing import Identity, canonical_bytes, new_nonce
 
 log = logging.getLogger(__name__)
+
+#: how many finished requests an agent remembers for signing their receipts
+SERVED_MEMORY = 10_000
 
 
 class AgentRefused(RuntimeError):
@@ -111,6 +119,8 @@ class Agent:
         self._stopping = asyncio.Event()
         self._draining = False
         self._sealer: Sealer | None = None
+        #: recently finished requests -> tokens produced (what receipts may be signed for)
+        self._served: OrderedDict[str, int] = OrderedDict()
         self.drain_timeout_s = 30.0
 
     def stop(self) -> None:
@@ -141,7 +151,9 @@ class Agent:
         await self.backend.close()
 
     async def _send(
-        self, ws: ClientConnection, frame: Token | Done | Error | Heartbeat | Hello
+        self,
+        ws: ClientConnection,
+        frame: Token | Done | Error | Heartbeat | Hello | ReceiptSignature,
     ) -> None:
         text = encode(frame)
         async with self._send_lock:
@@ -212,6 +224,8 @@ class Agent:
                     task = asyncio.create_task(self._run(ws, frame))
                     self._tasks[frame.request_id] = task
                     task.add_done_callback(self._forget_task(frame.request_id))
+                elif isinstance(frame, SignReceipt):
+                    await self._send(ws, self._receipt_signature(frame))
                 elif isinstance(frame, Cancel):
                     running = self._tasks.get(frame.request_id)
                     if running is not None:
@@ -222,6 +236,28 @@ class Agent:
             for task in list(self._tasks.values()):
                 task.cancel()
             self.on_status("disconnected from coordinator")
+
+    def _receipt_signature(self, frame: SignReceipt) -> ReceiptSignature:
+        """Sign a receipt only for work this agent did, naming it, at its own posted price."""
+        refused = ""
+        try:
+            body = json.loads(frame.body)
+        except ValueError:
+            body = {}
+        offer = next((m for m in self.capabilities.models if m.name == body.get("model")), None)
+        if frame.attempt_id not in self._served:
+            refused = "no such request served here"
+        elif body.get("provider") != self.identity.agent_id:
+            refused = "the receipt names another provider"
+        elif offer is None or body.get("price_output_per_million") != round(
+            offer.price_out_per_mtok * 1_000_000
+        ):
+            refused = "the receipt's price is not this agent's posted price"
+        if refused:
+            log.warning("refused to sign receipt for %s: %s", frame.attempt_id, refused)
+            return ReceiptSignature(attempt_id=frame.attempt_id, refused=refused)
+        signature = self.identity.sign(RECEIPT_AGENT_DOMAIN + frame.body.encode())
+        return ReceiptSignature(attempt_id=frame.attempt_id, signature=signature)
 
     def _forget_task(self, request_id: str) -> Callable[[asyncio.Task[None]], None]:
         def forget(_task: asyncio.Task[None]) -> None:
@@ -258,6 +294,9 @@ class Agent:
                 try:
                     async for item in stream:
                         if isinstance(item, Finish):
+                            self._served[frame.request_id] = index
+                            while len(self._served) > SERVED_MEMORY:
+                                self._served.popitem(last=False)
                             await self._send(
                                 ws,
                                 Done(

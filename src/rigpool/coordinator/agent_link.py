@@ -26,6 +26,7 @@ from rigpool.protocol.messages import (
     Heartbeat,
     Hello,
     ProtocolError,
+    ReceiptSignature,
     Refused,
     Sealed,
     Welcome,
@@ -154,6 +155,8 @@ async def agent_connect(ws: WebSocket) -> None:
                     log.info("agent %s is draining", frame.agent_id)
                 session.draining = msg.draining
                 state.agent_heartbeat(session)
+            elif isinstance(msg, ReceiptSignature):
+                state.hub.deliver_receipt(session, msg)
             elif isinstance(msg, Hello):
                 log.warning("agent %s sent a second hello; ignored", frame.agent_id)
             else:

@@ -14,7 +14,17 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-from rigpool.protocol.messages import Cancel, Capabilities, Done, Error, Generate, Token, encode
+from rigpool.protocol.messages import (
+    Cancel,
+    Capabilities,
+    Done,
+    Error,
+    Generate,
+    ReceiptSignature,
+    SignReceipt,
+    Token,
+    encode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +48,7 @@ class AgentSession:
     streams: dict[str, asyncio.Queue[Frame]] = field(default_factory=dict)
     garbage_frames: int = 0
     draining: bool = False
+    receipts: dict[str, asyncio.Future[ReceiptSignature]] = field(default_factory=dict)
 
     @property
     def active(self) -> int:
@@ -72,6 +83,23 @@ class Hub:
         queue = session.streams.get(frame.request_id)
         if queue is not None:
             queue.put_nowait(frame)
+
+    def deliver_receipt(self, session: AgentSession, frame: ReceiptSignature) -> None:
+        waiter = session.receipts.pop(frame.attempt_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(frame)
+
+    async def sign_receipt(
+        self, session: AgentSession, attempt_id: str, body: str, timeout_s: float = 10.0
+    ) -> ReceiptSignature:
+        """Ask the agent to sign a receipt; raises TimeoutError/ConnectionError."""
+        waiter: asyncio.Future[ReceiptSignature] = asyncio.get_running_loop().create_future()
+        session.receipts[attempt_id] = waiter
+        try:
+            await session.send_text(encode(SignReceipt(attempt_id=attempt_id, body=body)))
+            return await asyncio.wait_for(waiter, timeout_s)
+        finally:
+            session.receipts.pop(attempt_id, None)
 
     async def stream(self, session: AgentSession, request: Generate) -> AsyncGenerator[Frame, None]:
         """Send `request` to the agent and yield its frames until done/error.

@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     admin_secret: str = DEV_ADMIN_SECRET
+    #: the coordinator's ed25519 key (Solana keypair file): countersigns receipts, owns the vault
+    identity_path: Path = Path(".rigpool/coordinator-keypair.json")
     #: Hugging Face model folders whose tokenizer the gateway uses to count tokens.
     model_dirs: list[Path] = Field(default_factory=list)
 

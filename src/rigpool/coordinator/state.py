@@ -15,6 +15,7 @@ from rigpool.gateway.billing import Billing, units
 from rigpool.gateway.ratelimit import RateLimiter
 from rigpool.hardware.catalog import match_nvml_name
 from rigpool.ledger import Ledger, Price
+from rigpool.protocol.signing import Identity, load_or_create_identity
 from rigpool.scheduler.baselines import LeastLoaded, RandomChoice, RoundRobin
 from rigpool.scheduler.fleet import AgentRecord, FleetIndex
 from rigpool.scheduler.hedging import HedgePolicy
@@ -34,6 +35,7 @@ class CoordinatorState:
     random_choice: RandomChoice = field(default_factory=RandomChoice)
     limiter: RateLimiter = field(default_factory=lambda: RateLimiter(1, 1))
     billing: Billing | None = None
+    identity: Identity | None = None
     #: (agent, model) -> posted price in base units per million tokens
     prices: dict[tuple[str, str], Price] = field(default_factory=dict)
     _models: dict[str, Model] = field(default_factory=dict)
@@ -42,6 +44,7 @@ class CoordinatorState:
         self.hedge = HedgePolicy(share=self.settings.hedge_share)
         if self.settings.billing:
             self.billing = Billing(Ledger(self.db), self.settings.network_fee_bps)
+            self.identity, _ = load_or_create_identity(self.settings.identity_path)
         self.limiter = RateLimiter(
             self.settings.rate_limit_per_min,
             self.settings.rate_limit_burst,

@@ -33,6 +33,7 @@ from rigpool.core.errors import (
 )
 from rigpool.gateway.billing import Hold
 from rigpool.gateway.tokenization import ModelTokenizer, load_tokenizer
+from rigpool.ledger import Ledger, ReceiptBody, countersign
 from rigpool.protocol.messages import Done, Error, Generate, Sampling, Token
 from rigpool.scheduler.routing import Constraints, NoCandidate
 
@@ -79,6 +80,8 @@ class Job:
     claimed_tokens: int | None = None
     hold: Hold | None = None
     charged: int = 0
+    fee: int = 0
+    attempt_id: str | None = None
 
     @property
     def output(self) -> str:
@@ -174,7 +177,7 @@ def close_hold(state: CoordinatorState, job: Job, *, ok: bool) -> None:
         job.completion_tokens(),
         job.provider_id,
     )
-    job.charged = capture.charged
+    job.charged, job.fee = capture.charged, capture.fee
 
 
 def finish_record(
@@ -216,6 +219,7 @@ class _Attempt:
     session: AgentSession
     frames: AsyncGenerator[Frame, None]
     started: float
+    attempt_id: str
     next_frame: asyncio.Task[Frame] | None = None
 
     def pull(self) -> asyncio.Task[Frame]:
@@ -277,7 +281,12 @@ class _Dispatcher:
             deadline=self.deadline,
         )
         self.state.router.on_dispatch(session.agent_id)
-        return _Attempt(session, self.state.hub.stream(session, request), time.monotonic())
+        return _Attempt(
+            session,
+            self.state.hub.stream(session, request),
+            time.monotonic(),
+            request.request_id,
+        )
 
     def _gave_up(self) -> RigpoolError:
         job = self.job
@@ -378,6 +387,7 @@ class _Dispatcher:
             attempt, frame = await self._first_frame()
             agent_id = attempt.session.agent_id
             job.provider_id = agent_id
+            job.attempt_id = attempt.attempt_id
             first_s = time.monotonic() - attempt.started
             state.router.on_first_token(agent_id, first_s, time.monotonic())
             state.hedge.observe_ttft(agent_id, first_s, time.monotonic())
@@ -441,3 +451,44 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, StopAsyncIteration):
         return "stream ended without done"
     return str(exc) or type(exc).__name__
+
+
+async def collect_receipt(state: CoordinatorState, job: Job) -> None:
+    """After a paid request: the agent signs the receipt, the coordinator countersigns, stores.
+
+    Runs in the background (the client already has its answer). An agent that is gone or
+    refuses leaves the capture in place and logs why: the ledger is already balanced; only the
+    provable receipt is missing, which the trust checks can count against the provider.
+    """
+    session = state.hub.sessions.get(job.provider_id or "")
+    if state.identity is None or job.charged == 0 or session is None or job.attempt_id is None:
+        return
+    price = state.price(session.agent_id, job.model.name)
+    body = ReceiptBody(
+        request_id=job.request_id,
+        model=job.model.name,
+        prompt_tokens=job.prompt_tokens,
+        completion_tokens=job.completion_tokens(),
+        price_input_per_million=price.input_per_million,
+        price_output_per_million=price.output_per_million,
+        amount=job.charged,
+        fee=job.fee,
+        provider_amount=job.charged - job.fee,
+        provider=session.agent_id,
+        consumer=job.consumer,
+        coordinator=state.identity.agent_id,
+        time=datetime.now(UTC).replace(tzinfo=None),
+    )
+    try:
+        answer = await state.hub.sign_receipt(session, job.attempt_id, body.canonical().decode())
+    except (TimeoutError, ConnectionError, RuntimeError) as exc:
+        log.warning("no receipt signature for %s: %s", job.request_id, exc or "timeout")
+        return
+    if answer.refused or not answer.signature:
+        log.warning("agent refused the receipt of %s: %s", job.request_id, answer.refused)
+        return
+    try:
+        signed = countersign(body, answer.signature, state.identity)
+        await asyncio.to_thread(Ledger(state.db).record_receipt, signed)
+    except RigpoolError as exc:
+        log.warning("receipt of %s not recorded: %s", job.request_id, exc.message)

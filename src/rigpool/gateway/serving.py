@@ -23,6 +23,7 @@ from rigpool.gateway.generation import (
     IdempotentReplay,
     Job,
     admit,
+    collect_receipt,
     finish_record,
     generate,
     open_hold,
@@ -89,6 +90,7 @@ async def _serve_plain(state: CoordinatorState, job: Job, formatter: Formatter) 
         raise
     body = formatter.response(job, usage_of(job))
     await asyncio.to_thread(finish_record, state, job, error=None, response=body)
+    _background_receipt(state, job)
     return JSONResponse(body, headers={"X-Request-Id": job.request_id})
 
 
@@ -129,12 +131,24 @@ async def _serve_stream(state: CoordinatorState, job: Job, formatter: Formatter)
             await asyncio.shield(
                 asyncio.to_thread(finish_record, state, job, error=error, response=None)
             )
+            if error is None:
+                _background_receipt(state, job)
 
     return StreamingResponse(
         body(),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Request-Id": job.request_id},
     )
+
+
+_receipt_tasks: set[asyncio.Task[None]] = set()
+
+
+def _background_receipt(state: CoordinatorState, job: Job) -> None:
+    if job.charged:
+        task = asyncio.create_task(collect_receipt(state, job))
+        _receipt_tasks.add(task)  # keep a reference until it is done
+        task.add_done_callback(_receipt_tasks.discard)
 
 
 def _usage_chunk(formatter: Formatter, job: Job) -> dict[str, Any]:

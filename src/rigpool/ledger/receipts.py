@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rigpool.ledger import merkle
 from rigpool.ledger.errors import InvalidReceipt
+from rigpool.protocol.messages import RECEIPT_AGENT_DOMAIN
 from rigpool.protocol.signing import Identity
 
 
@@ -71,7 +72,7 @@ def verify_all(receipts: list[SignedReceipt]) -> None:
             fut.result()
 
 
-AGENT_DOMAIN = b"rigpool-receipt-v1/agent:"
+AGENT_DOMAIN = RECEIPT_AGENT_DOMAIN  # defined by the protocol: the agent signs it
 COORDINATOR_DOMAIN = b"rigpool-receipt-v1/coordinator:"
 
 

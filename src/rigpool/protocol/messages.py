@@ -15,10 +15,14 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
 #: major.minor — major must match between peers; minor only adds fields with defaults.
-PROTOCOL_VERSION = "1.2"
+PROTOCOL_VERSION = "1.3"
 
 #: frames bigger than this are refused by both sides before parsing (a garbage flood guard).
 MAX_FRAME_BYTES = 1 << 20
+
+#: domain separation of the agent's receipt signature (the ledger checks the same prefix), so a
+#: receipt signature can never be replayed as any other signed message of the agent.
+RECEIPT_AGENT_DOMAIN = b"rigpool-receipt-v1/agent:"
 
 
 class _Frame(BaseModel):
@@ -126,6 +130,25 @@ class Generate(_Frame):
     deadline: float | None = None  # unix time after which the result is useless
 
 
+class SignReceipt(_Frame):
+    """1.3: asks the agent to sign the receipt of a request it served (`attempt_id`).
+
+    `body` is the receipt's canonical JSON; the agent checks it names the agent as provider and
+    does not bill more tokens than it produced, then signs RECEIPT_AGENT_DOMAIN + body.
+    """
+
+    type: Literal["sign_receipt"] = "sign_receipt"
+    attempt_id: str = Field(max_length=128)
+    body: str = Field(max_length=65536)
+
+
+class ReceiptSignature(_Frame):
+    type: Literal["receipt_signature"] = "receipt_signature"
+    attempt_id: str = Field(max_length=128)
+    signature: str = Field(default="", max_length=128)
+    refused: str = Field(default="", max_length=512)
+
+
 class Cancel(_Frame):
     type: Literal["cancel"] = "cancel"
     request_id: str
@@ -164,9 +187,12 @@ class Error(_Frame):
 
 
 AgentFrame = Annotated[
-    Hello | Heartbeat | Token | Done | Error | Sealed, Field(discriminator="type")
+    Hello | Heartbeat | Token | Done | Error | Sealed | ReceiptSignature,
+    Field(discriminator="type"),
 ]
-CoordinatorFrame = Annotated[Welcome | Refused | Generate | Cancel, Field(discriminator="type")]
+CoordinatorFrame = Annotated[
+    Welcome | Refused | Generate | Cancel | SignReceipt, Field(discriminator="type")
+]
 
 
 class _AgentFrameRoot(RootModel[AgentFrame]):
@@ -186,7 +212,9 @@ def _check_size(raw: str | bytes) -> None:
         raise ProtocolError(f"frame of {len(raw)} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
 
 
-def decode_agent_frame(raw: str | bytes) -> Hello | Heartbeat | Token | Done | Error | Sealed:
+def decode_agent_frame(
+    raw: str | bytes,
+) -> Hello | Heartbeat | Token | Done | Error | Sealed | ReceiptSignature:
     """Parse a frame sent by an agent; raises ProtocolError on anything malformed."""
     _check_size(raw)
     try:
@@ -195,7 +223,9 @@ def decode_agent_frame(raw: str | bytes) -> Hello | Heartbeat | Token | Done | E
         raise ProtocolError(_summarise(exc)) from None
 
 
-def decode_coordinator_frame(raw: str | bytes) -> Welcome | Refused | Generate | Cancel:
+def decode_coordinator_frame(
+    raw: str | bytes,
+) -> Welcome | Refused | Generate | Cancel | SignReceipt:
     """Parse a frame sent by the coordinator; raises ProtocolError on anything malformed."""
     _check_size(raw)
     try:
