@@ -111,3 +111,26 @@ def test_paid_request_gets_a_receipt_signed_by_agent_and_coordinator(billed, toy
     assert receipt.body.provider == agent.identity.agent_id
     assert receipt.body.completion_tokens == reply.usage.completion_tokens
     agent.stop()
+
+
+def test_streamed_request_is_billed_and_receipted(billed, toy_model):
+    from sqlalchemy import func, select
+
+    from rigpool.ledger.tables import Receipt
+
+    agent = provider(billed, toy_model)
+    Ledger(billed.db).credit_deposit(CONSUMER, 10_000_000, "b" * 64)
+    c = client(billed)
+    for _ in range(2):
+        list(c.chat.completions.create(
+            model=TOY_MODEL_NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+            stream=True,
+        ))  # fmt: skip
+
+    def count():
+        with billed.db() as s:
+            return s.scalar(select(func.count()).select_from(Receipt))
+
+    wait_for(lambda: count() == 2, what="two receipts")
+    assert audit(Ledger(billed.db)) == []
+    agent.stop()

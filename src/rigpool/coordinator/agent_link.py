@@ -63,6 +63,13 @@ def check_hello(state: CoordinatorState, hello: Hello, now: float) -> str | None
     unverified = hello.capabilities.emulated or not hello.capabilities.gpus
     if unverified and not settings.allow_unverified_agents:
         return "emulated/CPU agents are unverified and only allowed on a development network"
+    if settings.min_stake and state.billing is not None:
+        staked = state.billing.ledger.balance("provider_stake", hello.agent_id)
+        if staked < settings.min_stake:
+            return (
+                f"this agent has {staked} base units staked; serving needs at least "
+                f"{settings.min_stake} (bond a stake first)"
+            )
     if not remember_nonce(
         state.db, hello.agent_id, hello.nonce, hello.timestamp, settings.hello_window_s
     ):

@@ -84,7 +84,8 @@ class RequestRecord(Base):
     endpoint: Mapped[str] = mapped_column(String(32))
     model: Mapped[str] = mapped_column(String(256))
     stream: Mapped[bool] = mapped_column(Boolean, default=False)
-    status: Mapped[str] = mapped_column(String(16), default="running")  # running|ok|error
+    # running | ok | error (costs nothing) | cancelled (client hung up; pays what it received)
+    status: Mapped[str] = mapped_column(String(16), default="running")
     provider_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from rigpool.cli.tables import providers_table
 from rigpool.devnet.localnet import LocalNetwork, provider_mix
+from rigpool.devnet.money import UNIT, EpochSummary, settle_local_network
 from rigpool.devnet.toymodel import ensure_toy_model
 
 PROMPTS = (
@@ -162,6 +163,16 @@ def report_tables(summary: dict[str, Any], fleet: list[dict[str, Any]]) -> list[
     return [per, overall, totals]
 
 
+def money_table(epoch: EpochSummary, fleet: list[dict[str, Any]]) -> Table:
+    hardware = {p["id"]: ", ".join(g["name"] for g in p["gpus"]) or "CPU" for p in fleet}
+    table = Table(title="provider earnings, settled on chain (USD stablecoin, 6 decimals)")
+    for col in ("provider", "hardware", "paid"):
+        table.add_column(col)
+    for wallet, amount in sorted(epoch.paid.items(), key=lambda kv: -kv[1]):
+        table.add_row(wallet[:10] + "…", hardware.get(wallet, "?"), f"{amount / UNIT:.6f}")
+    return table
+
+
 def run_demo(
     console: Console,
     *,
@@ -201,9 +212,30 @@ def run_demo(
                 progress.advance(task)
         wall = time.perf_counter() - start
         fleet = net.providers_view()
+        database_url = net.database_url
     summary = summarise(outcomes, wall)
     for table in report_tables(summary, fleet):
         console.print(table)
+    with console.status("settling the epoch on the embedded Solana chain ..."):
+        epoch = settle_local_network(workdir, database_url, "demo-epoch-1")
+    console.print(money_table(epoch, fleet))
+    summary["settlement"] = {
+        "merkle_root": epoch.merkle_root,
+        "receipts": epoch.receipts,
+        "paid_base_units": epoch.paid,
+        "transactions": epoch.signatures,
+        "audit_problems": epoch.problems,
+    }
+    txs = ", ".join(s[:16] + "…" for s in epoch.signatures)
+    console.print(
+        f"epoch root {epoch.merkle_root[:16]}… over {epoch.receipts} receipts, paid in "
+        f"{len(epoch.signatures)} transaction(s): {txs}"
+    )
+    if epoch.problems:
+        for problem in epoch.problems:
+            console.print(f"[red]ledger audit:[/red] {problem}")
+    else:
+        console.print("ledger audit: clean (every invariant holds; vault matches the chain)")
     for message in summary["error_messages"]:
         console.print(f"[red]error:[/red] {message}")
     if report_path is not None:
@@ -211,4 +243,4 @@ def run_demo(
             json.dumps({"summary": summary, "outcomes": [asdict(o) for o in outcomes]}, indent=2)
         )
         console.print(f"report written to {report_path}")
-    return summary["errors"] == 0
+    return summary["errors"] == 0 and not epoch.problems

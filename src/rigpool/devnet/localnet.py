@@ -23,6 +23,7 @@ import httpx
 
 from rigpool.coordinator.db import open_database
 from rigpool.coordinator.keys import create_key
+from rigpool.devnet.money import LocalMoney, fund_local_network
 
 TOY_MODEL_NAME = "rigpool-toy-untrained"
 
@@ -85,6 +86,7 @@ class LocalNetwork:
     port: int = 0
     model_name: str = TOY_MODEL_NAME
     extra_env: dict[str, str] = field(default_factory=dict)
+    money: LocalMoney | None = None
     _procs: list[_Proc] = field(default_factory=list)
 
     @property
@@ -137,9 +139,13 @@ class LocalNetwork:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.port == 0:
             self.port = free_port()
+        keys = [self.workdir / f"provider-{i}.json" for i in range(len(self.providers))]
+        self.money = fund_local_network(self.workdir, self.database_url, keys)
         db = open_database(self.database_url)
-        create_key(db, name="local network", key=self.api_key)
+        create_key(db, name="local network", key=self.api_key, consumer=self.money.consumer_wallet)
         db.kw["bind"].dispose()
+        self.extra_env.setdefault("RIGPOOL_IDENTITY_PATH", str(self.money.coordinator_key))
+        self.extra_env.setdefault("RIGPOOL_MIN_STAKE", str(self.money.stake_per_provider))
         self._spawn(
             "coordinator",
             [

@@ -162,11 +162,19 @@ def open_hold(state: CoordinatorState, job: Job) -> None:
     )
 
 
+#: the error recorded when the client hangs up; it pays for the tokens it had received
+CLIENT_GONE = "client went away"
+
+
 def close_hold(state: CoordinatorState, job: Job, *, ok: bool) -> None:
-    """Capture what the client received at the serving provider's price, or release all."""
+    """Capture what the client received at the serving provider's price, or release all.
+
+    A request that failed costs nothing; a client that hung up mid-stream pays for the tokens
+    it had already received (the provider did that work at its request).
+    """
     if state.billing is None or job.hold is None:
         return
-    if not ok or job.provider_id is None:
+    if not ok or job.provider_id is None or not job.tokens:
         state.billing.release(job.hold, job.request_id)
         return
     capture = state.billing.capture(
@@ -184,10 +192,10 @@ def finish_record(
     state: CoordinatorState, job: Job, *, error: str | None, response: dict[str, Any] | None
 ) -> None:
     """End the request: settle its escrow, then write its final row."""
-    close_hold(state, job, ok=error is None)
+    close_hold(state, job, ok=error is None or error == CLIENT_GONE)
     now = time.time()
     values: dict[str, Any] = {
-        "status": "error" if error else "ok",
+        "status": "ok" if not error else ("cancelled" if error == CLIENT_GONE else "error"),
         "provider_id": job.provider_id,
         "attempts": job.attempts,
         "completion_tokens": job.completion_tokens(),

@@ -7,10 +7,11 @@ first token, metering and recording are the same for both and live here once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from typing import Any, Protocol
 
 from fastapi import Request
@@ -20,6 +21,7 @@ from rigpool.coordinator.state import CoordinatorState
 from rigpool.core.errors import RigpoolError
 from rigpool.gateway.errors import error_body, error_response, rigpool_error_response
 from rigpool.gateway.generation import (
+    CLIENT_GONE,
     IdempotentReplay,
     Job,
     admit,
@@ -86,7 +88,7 @@ async def _serve_plain(state: CoordinatorState, job: Job, formatter: Formatter) 
         await asyncio.to_thread(finish_record, state, job, error=exc.message, response=None)
         return rigpool_error_response(exc)
     except asyncio.CancelledError:
-        await asyncio.to_thread(finish_record, state, job, error="client went away", response=None)
+        await asyncio.to_thread(finish_record, state, job, error=CLIENT_GONE, response=None)
         raise
     body = formatter.response(job, usage_of(job))
     await asyncio.to_thread(finish_record, state, job, error=None, response=body)
@@ -108,6 +110,7 @@ async def _serve_stream(state: CoordinatorState, job: Job, formatter: Formatter)
 
     async def body() -> AsyncIterator[str]:
         error: str | None = None
+        delivered = False
         try:
             start = formatter.start_chunk(job)
             if start is not None:
@@ -117,6 +120,9 @@ async def _serve_stream(state: CoordinatorState, job: Job, formatter: Formatter)
                 async for token in tokens:
                     yield _sse(formatter.token_chunk(job, token))
             yield _sse(formatter.finish_chunk(job))
+            # Every token is out: from here on the request is complete and billable, even if
+            # the client hangs up before reading the closing lines.
+            delivered = True
             if job.include_usage:
                 yield _sse(_usage_chunk(formatter, job))
             yield _sse("[DONE]")
@@ -124,15 +130,13 @@ async def _serve_stream(state: CoordinatorState, job: Job, formatter: Formatter)
             error = exc.message
             yield _sse(error_body(exc.message, exc.error_type, exc.param, exc.code))
         except (asyncio.CancelledError, GeneratorExit):
-            error = "client went away"
+            if not delivered:
+                error = CLIENT_GONE
             raise
         finally:
-            await tokens.aclose()
-            await asyncio.shield(
-                asyncio.to_thread(finish_record, state, job, error=error, response=None)
-            )
-            if error is None:
-                _background_receipt(state, job)
+            # The request's scope may be cancelled (client gone): finish in a task of its own,
+            # so the escrow is always settled and the row always written.
+            _spawn(_finish_stream(state, job, tokens, error))
 
     return StreamingResponse(
         body(),
@@ -141,14 +145,28 @@ async def _serve_stream(state: CoordinatorState, job: Job, formatter: Formatter)
     )
 
 
-_receipt_tasks: set[asyncio.Task[None]] = set()
+_background: set[asyncio.Task[None]] = set()
+
+
+def _spawn(coro: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.get_running_loop().create_task(coro)
+    _background.add(task)  # keep a reference until it is done
+    task.add_done_callback(_background.discard)
+
+
+async def _finish_stream(
+    state: CoordinatorState, job: Job, tokens: AsyncGenerator[Token, None], error: str | None
+) -> None:
+    with contextlib.suppress(Exception):
+        await tokens.aclose()
+    await asyncio.to_thread(finish_record, state, job, error=error, response=None)
+    if error is None:
+        _background_receipt(state, job)
 
 
 def _background_receipt(state: CoordinatorState, job: Job) -> None:
     if job.charged:
-        task = asyncio.create_task(collect_receipt(state, job))
-        _receipt_tasks.add(task)  # keep a reference until it is done
-        task.add_done_callback(_receipt_tasks.discard)
+        _spawn(collect_receipt(state, job))
 
 
 def _usage_chunk(formatter: Formatter, job: Job) -> dict[str, Any]:
