@@ -43,3 +43,24 @@ def test_unknown_policy_exits_2_before_work(tmp_path: Path):
     assert result.exit_code == 2
     assert "unknown policy" in result.output
     assert not (tmp_path / "report.json").exists()
+
+
+def test_sharded_run_writes_a_report_with_its_plan(tmp_path: Path):
+    result = CliRunner().invoke(
+        _app(),
+        ["simulate", "--gpus", "2000", "--duration", "3", "--policy", "rigpool", "--shards",
+         "2", "--sample-shards", "1", "--workers", "1", "--out", str(tmp_path)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["sharding"]["shards"] == 2 and len(report["sharding"]["sampled"]) == 1
+    assert "Sharded: 2 cells" in (tmp_path / "summary.md").read_text()
+
+
+def test_bad_shard_plan_exits_2(tmp_path: Path):
+    result = CliRunner().invoke(
+        _app(), ["simulate", "--quick", "--shards", "3", "--sample-shards", "5",
+                 "--out", str(tmp_path)],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "sample-shards" in result.output

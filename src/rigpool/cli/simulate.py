@@ -15,9 +15,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rigpool.core.errors import BadRequest, NotFound
 from rigpool.sim.config import POLICIES, SimConfig
-from rigpool.sim.inputs import read_trace_csv
+from rigpool.sim.inputs import Trace, read_trace_csv
 from rigpool.sim.report import write_report
 from rigpool.sim.runner import prepare, run_experiment
+from rigpool.sim.shards import ShardOutcome, check_shards, prepare_shard, run_sharded
 
 QUICK = {"gpus": 300, "duration_s": 60.0, "drain_limit_s": 300.0, "samples": 30}
 
@@ -38,6 +39,13 @@ def simulate_command(
     seed: int = typer.Option(7, help="Seed: the same seed gives the same report."),
     out: Path = typer.Option(Path("sim-report"), help="Report folder."),
     quick: bool = typer.Option(False, help="A small run (300 GPUs, 60 s) for tests."),
+    shards: int = typer.Option(
+        1, help="Split the fleet into K cells of the same GPU/region mix, 1/K of the load each."
+    ),
+    sample_shards: int = typer.Option(
+        0, help="Simulate M of the K cells (random, seeded); totals scaled by K/M. 0 = all."
+    ),
+    workers: int = typer.Option(0, help="Processes for sharded runs (0 = one per CPU)."),
 ) -> None:
     """Simulate the fleet; write report.json, PNG plots and summary.md to OUT."""
     console = Console()
@@ -59,10 +67,18 @@ def simulate_command(
             kwargs["trace"] = "azure-conv"  # validated name; the custom trace replaces it
         cfg = SimConfig(**kwargs)  # type: ignore[arg-type]
         t0 = time.perf_counter()
-        prep = prepare(cfg, custom)
+        if shards > 1:
+            m = sample_shards or shards
+            check_shards(cfg, shards, m)
+            prepare_shard(cfg, shards, 0, custom)  # bad input fails here, before any worker
+        else:
+            prep = prepare(cfg, custom)
     except (BadRequest, NotFound) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
+    if shards > 1:
+        _sharded(console, cfg, shards, m, workers or None, custom, out, t0)
+        return
     console.print(
         f"{len(prep.workload):,} requests over {cfg.duration_s:g} s; "
         f"{prep.fleet.total_gpus:,} GPUs placed on {len(prep.fleet):,} hosts; "
@@ -85,6 +101,48 @@ def simulate_command(
             return update
 
         report = run_experiment(cfg, prepared=prep, on_policy_start=start)
+    paths = write_report(report, out)
+    console.print((out / "summary.md").read_text())
+    console.print(
+        f"wrote {', '.join(str(p) for p in paths.values())} in {time.perf_counter() - t0:.1f} s"
+    )
+
+
+def _sharded(
+    console: Console,
+    cfg: SimConfig,
+    shards: int,
+    sample: int,
+    workers: int | None,
+    trace: Trace | None,
+    out: Path,
+    t0: float,
+) -> None:
+    """A cell-sharded run (see rigpool.sim.shards): a bar over the sampled shards."""
+    console.print(
+        f"{cfg.gpus:,} GPUs as {shards} shards of about {cfg.gpus / shards:,.0f} GPUs; "
+        f"simulating {sample} of them ({', '.join(cfg.policies)}), totals scaled by "
+        f"{shards / sample:g}"
+    )
+    with Progress(
+        TextColumn("{task.description:<14}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} shards"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        task = bar.add_task("shards", total=sample)
+
+        def done(o: ShardOutcome) -> None:
+            bar.update(task, advance=1)
+
+        try:
+            report = run_sharded(
+                cfg, shards, sample, workers=workers, trace=trace, on_shard_done=done
+            )
+        except (BadRequest, NotFound) as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from None
     paths = write_report(report, out)
     console.print((out / "summary.md").read_text())
     console.print(

@@ -235,14 +235,36 @@ def sample_hosts(
     return hosts, region, np.asarray(consumer)
 
 
-def build_decentralized(
-    cfg: SimConfig,
-    mix: GpuMix,
-    regions: Regions,
-    mean_prompt: int,
-    mean_output: int,
-) -> tuple[SimFleet, Sizing]:
-    """Sample the fleet, size the load, place the model with `place_greedy`, add churn.
+@dataclass
+class HostPool:
+    """Every sampled host with its own random draws, before placement picks any.
+
+    Per-host draws (last mile, persistent slowness, churn and crash timeline) are made here for
+    the whole pool, so that a host is the same host whether it is simulated in the full fleet
+    or in one shard of it (`partition`): the sharded and the unsharded runs see identical inputs.
+    Churn events name pool indices.
+    """
+
+    hosts: list[tuple[str, int]]
+    region: np.ndarray
+    consumer: np.ndarray
+    caps: np.ndarray
+    prices: np.ndarray
+    last_mile_s: np.ndarray
+    slow: np.ndarray
+    online0: np.ndarray
+    events_t: np.ndarray
+    events_host: np.ndarray
+    events_kind: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.hosts)
+
+
+def sample_pool(
+    cfg: SimConfig, mix: GpuMix, regions: Regions, mean_prompt: int, mean_output: int
+) -> HostPool:
+    """Sample the fleet's hosts and draw every per-host random input (seeded by `cfg.seed`).
 
     Raises:
         BadRequest: no host of the fleet can hold the model (fleet too small or cards too small).
@@ -251,27 +273,97 @@ def build_decentralized(
     rng = np.random.default_rng([cfg.seed, 2])
     find_model(cfg.model)  # unknown model -> NotFound before any work
     hosts, region, consumer = sample_hosts(cfg, mix, regions, rng)
-    caps = np.asarray(
-        [_type_capacity(g, n, cfg.model, mean_prompt, mean_output, cfg.context) for g, n in hosts]
-    )
-    capable = caps > 0
-    if not capable.any():
+    types = sorted(set(hosts))
+    cap_of = {
+        t: _type_capacity(t[0], t[1], cfg.model, mean_prompt, mean_output, cfg.context)
+        for t in types
+    }
+    price_of = {t: host_price(find_gpu(t[0]), t[1], cfg) for t in types}
+    caps = np.asarray([cap_of[h] for h in hosts])
+    if not (caps > 0).any():
         raise BadRequest(
             f"no host in a fleet of {cfg.gpus} GPU(s) can hold model {cfg.model!r} at 4-bit or "
             "better; use more GPUs or a smaller model",
             param="gpus",
         )
-    capacity = float(caps.sum())
-    target = cfg.load * capacity
-    prices = np.asarray([host_price(find_gpu(g), n, cfg) for g, n in hosts])
-    avail = np.where(consumer, mean_availability(cfg, True), mean_availability(cfg, False))
+    prices = np.asarray([price_of[h] for h in hosts])
+    n = len(hosts)
+    last_mile = np.where(
+        consumer,
+        cfg.last_mile_median_ms / 1000.0 * np.exp(cfg.last_mile_sigma * rng.standard_normal(n)),
+        0.0,
+    )
+    slow_u = rng.random(n)
+    slow = np.where(
+        consumer & (slow_u < cfg.slow_host_share),
+        rng.uniform(cfg.slow_host_range[0], cfg.slow_host_range[1], size=n),
+        1.0,
+    )
+    horizon = cfg.duration_s + cfg.drain_limit_s
+    online0, ev_t, ev_h, ev_k = churn_timeline(consumer, cfg, horizon, rng)
+    return HostPool(hosts, region, consumer, caps, prices, last_mile, slow, online0, ev_t, ev_h,
+                    ev_k)  # fmt: skip
+
+
+def partition(pool: HostPool, k: int, seed: int) -> list[np.ndarray]:
+    """Split the pool's hosts into `k` shards with the same GPU, card-count, region and home mix.
+
+    Stratified: hosts are grouped by (gpu, n_gpus, region, home), shuffled inside each group,
+    and the groups, one after the other, are dealt round-robin to the shards, so every shard
+    gets within one host of 1/k of every group (and of the fleet). Returns sorted pool indices.
+    """
+    if k <= 1:
+        return [np.arange(len(pool))]
+    rng = np.random.default_rng([seed, 5])
+    key = [(g, c, int(r), bool(h)) for (g, c), r, h in
+           zip(pool.hosts, pool.region, pool.consumer, strict=True)]  # fmt: skip
+    groups: dict[tuple[str, int, int, bool], list[int]] = {}
+    for i, kk in enumerate(key):
+        groups.setdefault(kk, []).append(i)
+    order = []
+    for kk in sorted(groups):
+        members = np.asarray(groups[kk])
+        order.append(members[rng.permutation(len(members))])
+    flat = np.concatenate(order)
+    shard = (np.arange(len(flat)) + int(rng.integers(k))) % k
+    return [np.sort(flat[shard == j]) for j in range(k)]
+
+
+def fleet_from_pool(
+    cfg: SimConfig,
+    pool: HostPool,
+    members: np.ndarray,
+    target_rps: float,
+    regions: Regions,
+    mean_prompt: int,
+    mean_output: int,
+) -> tuple[SimFleet, Sizing]:
+    """Place the model on the pool hosts `members` for `target_rps` with `place_greedy`.
+
+    Raises:
+        BadRequest: no member host can hold the model, or placement found no replica.
+
+    """
+    members = np.asarray(members, dtype=np.int64)
+    caps_m = pool.caps[members]
+    capable_m = members[caps_m > 0]
+    if not len(capable_m):
+        raise BadRequest(
+            f"no host in a fleet of {cfg.gpus} GPU(s) can hold model {cfg.model!r} at 4-bit or "
+            "better; use more GPUs or a smaller model",
+            param="gpus",
+        )
+    hosts = pool.hosts
+    avail_c = mean_availability(cfg, True)
+    avail_d = mean_availability(cfg, False)
+    avail = np.where(pool.consumer[capable_m], avail_c, avail_d)
     placement_hosts = [
-        Host(f"agent-{i:06d}", g, n, regions.names[region[i]], float(prices[i]))
-        for i, (g, n) in enumerate(hosts)
-        if caps[i] > 0
-    ]
-    mean_avail = float(np.average(avail[capable], weights=caps[capable]))
-    demand = ModelDemand(cfg.model, target / mean_avail, mean_prompt, mean_output, cfg.context)
+        Host(f"agent-{i:06d}", hosts[i][0], hosts[i][1], regions.names[pool.region[i]],
+             float(pool.prices[i]))
+        for i in capable_m.tolist()
+    ]  # fmt: skip
+    mean_avail = float(np.average(avail, weights=pool.caps[capable_m]))
+    demand = ModelDemand(cfg.model, target_rps / mean_avail, mean_prompt, mean_output, cfg.context)
     placement = place_greedy(
         placement_hosts,
         [demand],
@@ -281,78 +373,101 @@ def build_decentralized(
     )
     if not placement.replicas:
         raise BadRequest(f"placement found no replica for {cfg.model!r}", param="gpus")
-    chosen = sorted(int(r.spans[0].agent_id.split("-")[1]) for r in placement.replicas)
     quant = {int(r.spans[0].agent_id.split("-")[1]): r.quant for r in placement.replicas}
+    chosen = sorted(quant)
     sel = np.asarray(chosen, dtype=np.int64)
     decode_ctx = mean_prompt + mean_output // 2
     perf = [
-        host_perf(
-            hosts[i][0], hosts[i][1], cfg.model, quant[i], cfg.context, decode_ctx, float(caps[i])
-        )
+        host_perf(hosts[i][0], hosts[i][1], cfg.model, quant[i], cfg.context, decode_ctx,
+                  float(pool.caps[i]))
         for i in chosen
-    ]
+    ]  # fmt: skip
     n = len(sel)
-    cons = consumer[sel]
-    last_mile = np.where(
-        cons,
-        cfg.last_mile_median_ms / 1000.0 * np.exp(cfg.last_mile_sigma * rng.standard_normal(n)),
-        0.0,
-    )
-    slow_u = rng.random(n)
-    slow = np.where(
-        cons & (slow_u < cfg.slow_host_share),
-        rng.uniform(cfg.slow_host_range[0], cfg.slow_host_range[1], size=n),
-        1.0,
-    )
-    usd = prices[sel]
+    cons = pool.consumer[sel]
+    usd = pool.prices[sel]
     cap_util = np.asarray([p.capacity_rps for p in perf]) * cfg.placement_utilization
     price_mtok = usd / (cap_util * mean_output * 3600.0) * 1e6
-    horizon = cfg.duration_s + cfg.drain_limit_s
-    online0, ev_t, ev_h, ev_k = churn_timeline(cons, cfg, horizon, rng)
+    # this subset's churn: the pool's events of the chosen hosts, renumbered
+    pos = np.full(len(pool), -1, dtype=np.int64)
+    pos[sel] = np.arange(n)
+    keep = pos[pool.events_host] >= 0
+    gpus_placed = int(sum(hosts[i][1] for i in chosen))
     fleet = SimFleet(
         agent_ids=[f"agent-{i:06d}" for i in chosen],
         gpu=[hosts[i][0] for i in chosen],
         n_gpus=[hosts[i][1] for i in chosen],
-        region=region[sel],
+        region=pool.region[sel],
         consumer=cons,
         usd_per_hour=usd,
         price_mtok=price_mtok,
-        last_mile_s=last_mile,
-        slow=slow,
+        last_mile_s=pool.last_mile_s[sel],
+        slow=pool.slow[sel],
         perf=perf,
-        online0=online0,
-        events_t=ev_t,
-        events_host=ev_h,
-        events_kind=ev_k,
+        online0=pool.online0[sel],
+        events_t=pool.events_t[keep],
+        events_host=pos[pool.events_host[keep]],
+        events_kind=pool.events_kind[keep],
         placement=placement,
         info={
-            "hosts_sampled": len(hosts),
-            "gpus_sampled": int(sum(n for _, n in hosts)),
-            "hosts_capable": int(capable.sum()),
+            "hosts_sampled": len(members),
+            "gpus_sampled": int(sum(hosts[i][1] for i in members.tolist())),
+            "hosts_capable": len(capable_m),
             "hosts_placed": n,
-            "gpus_placed": int(sum(hosts[i][1] for i in chosen)),
+            "gpus_placed": gpus_placed,
             "home_hosts_placed": int(cons.sum()),
             "placement_unmet_rps": placement.score.unmet_rps,
             "placement_demand_rps": demand.requests_per_s,
             "mean_availability": mean_avail,
-            "slow_hosts": int((slow > 1).sum()),
+            "slow_hosts": int((pool.slow[sel] > 1).sum()),
         },
     )
     sizing = Sizing(
-        target, capacity, int(capable.sum()), int(sum(hosts[i][1] for i in np.flatnonzero(capable)))
+        target_rps,
+        float(caps_m.sum()),
+        len(capable_m),
+        int(sum(hosts[i][1] for i in capable_m.tolist())),
     )
     return fleet, sizing
 
 
+def build_decentralized(
+    cfg: SimConfig,
+    mix: GpuMix,
+    regions: Regions,
+    mean_prompt: int,
+    mean_output: int,
+) -> tuple[SimFleet, Sizing]:
+    """Sample the fleet, size the load, place the model with `place_greedy`, add churn.
+
+    The load is `cfg.load` of the serving capacity of every host that can hold the model.
+
+    Raises:
+        BadRequest: no host of the fleet can hold the model (fleet too small or cards too small).
+
+    """
+    pool = sample_pool(cfg, mix, regions, mean_prompt, mean_output)
+    target = cfg.load * float(pool.caps.sum())
+    return fleet_from_pool(
+        cfg, pool, np.arange(len(pool)), target, regions, mean_prompt, mean_output
+    )
+
+
 def build_centralized(
-    cfg: SimConfig, regions: Regions, target_rps: float, mean_prompt: int, mean_output: int
+    cfg: SimConfig,
+    regions: Regions,
+    target_rps: float,
+    mean_prompt: int,
+    mean_output: int,
+    *,
+    shard: int | None = None,
 ) -> SimFleet:
     """A homogeneous cluster of `central_gpu` in `central_region`, placed for `target_rps`.
 
     The same `place_greedy` at the same `placement_utilization` sizes it: as many one-GPU
-    replicas as the load needs. No churn; crashes at the data-center MTBF.
+    replicas as the load needs. No churn; crashes at the data-center MTBF. `shard` j gives
+    shard j's own crash draws (a sharded run sizes one cluster per shard, for its load).
     """
-    rng = np.random.default_rng([cfg.seed, 3])
+    rng = np.random.default_rng([cfg.seed, 3] if shard is None else [cfg.seed, 3, shard])
     spec = find_gpu(cfg.central_gpu)
     r = regions.index(cfg.central_region)
     cap = _type_capacity(spec.name, 1, cfg.model, mean_prompt, mean_output, cfg.context)

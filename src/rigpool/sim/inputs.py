@@ -149,6 +149,7 @@ def scale_arrivals(
     *,
     scaling: str = "superpose",
     offset_s: float = 0.0,
+    shard: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Indices into `trace` and arrival times for `duration_s` seconds at `target_rps`.
 
@@ -158,6 +159,10 @@ def scale_arrivals(
     * "compress": time runs `target_rps / trace.rate` times faster; the trace loops.
     * "superpose": `target_rps / trace.rate` copies of the trace, each circularly shifted by a
       uniform offset (the fractional copy thinned at random); the window starts at `offset_s`.
+
+    `shard` (k, j): only the copies c with c mod k == j (superpose only) — shard j's part of
+    the full stream. The shifts of all copies are drawn first, so the k shards' parts are a
+    partition of exactly the stream that `shard=None` returns.
     """
     factor = target_rps / trace.rate
     span = trace.span_s
@@ -172,6 +177,7 @@ def scale_arrivals(
         return np.column_stack([times[keep], rows[keep]])
     if scaling != "superpose":
         raise BadRequest(f"unknown scaling {scaling!r}", param="scaling")
+    k, j = shard if shard is not None else (1, 0)
     copies = math.floor(factor)
     frac = factor - copies
     n_copies = copies + (1 if frac > 0 else 0)
@@ -181,6 +187,8 @@ def scale_arrivals(
     loops = math.ceil(duration_s / span) + 1
     start = offset_s % span
     for c in range(n_copies):
+        if c % k != j:
+            continue
         # copy c: request j arrives at (t_j + shift_c) mod span, repeated every span
         base = (trace.t + shifts[c]) % span - start
         base = np.where(base < 0, base + span, base)
@@ -193,7 +201,7 @@ def scale_arrivals(
             sel = t_all < duration_s
             t_c, i_c = t_all[sel], i_all[sel]
         if c == copies:  # the fractional copy
-            keep = rng.random(len(t_c)) < frac
+            keep = np.random.default_rng([int(shifts[c] * 1e9), 17]).random(len(t_c)) < frac
             t_c, i_c = t_c[keep], i_c[keep]
         parts_t.append(t_c)
         parts_i.append(i_c)
@@ -210,6 +218,62 @@ def build_workload(
     arr = scale_arrivals(
         trace, target_rps, cfg.duration_s, rng, scaling=cfg.scaling, offset_s=cfg.trace_offset_s
     )
+    return _requests(cfg, trace, arr, rng, target_rps, region_weights)
+
+
+def build_shard_workload(
+    cfg: SimConfig,
+    trace: Trace,
+    target_rps: float,
+    region_weights: np.ndarray,
+    shards: int,
+    shard: int,
+) -> Workload:
+    """Shard `shard` of `shards`: its copies of the superposed trace at the full `target_rps`.
+
+    The union of the k shards' workloads (`merge_workloads`) is the full fleet's stream, with
+    the same per-request draws: the full run and the sharded run see identical requests.
+
+    Raises:
+        BadRequest: `scaling` is not "superpose" (compressed time has no copies to split).
+
+    """
+    if cfg.scaling != "superpose":
+        raise BadRequest("sharding needs scaling 'superpose'", param="scaling")
+    rng = np.random.default_rng([cfg.seed, 1])
+    arr = scale_arrivals(
+        trace, target_rps, cfg.duration_s, rng, scaling=cfg.scaling, offset_s=cfg.trace_offset_s,
+        shard=(shards, shard),
+    )  # fmt: skip
+    wl = _requests(cfg, trace, arr, np.random.default_rng([cfg.seed, 1, shard]), target_rps,
+                   region_weights)  # fmt: skip
+    return wl
+
+
+def merge_workloads(parts: list[Workload]) -> Workload:
+    """One workload from several (shards'), sorted by arrival time."""
+    t = np.concatenate([w.t for w in parts])
+    order = np.argsort(t, kind="stable")
+
+    def cat(name: str) -> np.ndarray:
+        return np.concatenate([getattr(w, name) for w in parts])[order]
+
+    return Workload(
+        t=t[order], prompt=cat("prompt"), output=cat("output"), user_region=cat("user_region"),
+        access_rtt_s=cat("access_rtt_s"), jitter=cat("jitter"), straggle_u=cat("straggle_u"),
+        straggle_x=cat("straggle_x"), rate_factor=parts[0].rate_factor,
+        trace_rate=parts[0].trace_rate,
+    )  # fmt: skip
+
+
+def _requests(
+    cfg: SimConfig,
+    trace: Trace,
+    arr: np.ndarray,
+    rng: np.random.Generator,
+    target_rps: float,
+    region_weights: np.ndarray,
+) -> Workload:
     order = np.argsort(arr[:, 0], kind="stable")
     arr = arr[order]
     rows = arr[:, 1].astype(np.int64)

@@ -143,6 +143,14 @@ def summary_markdown(report: dict[str, Any], plots: list[str]) -> str:
         f"{inp['decentralized_fleet']['hosts_placed']:,} hosts placed; load "
         f"{cfg['load']:.0%} of the capable fleet's capacity.",
     ]
+    sh = report.get("sharding")
+    if sh:
+        lines.append(
+            f"Sharded: {sh['shards']} cells, {len(sh['sampled'])} simulated "
+            f"({sh['sampled_requests']:,} requests); percentiles from their requests, totals "
+            f"x{sh['extrapolation_factor']:g}; fleet counts below are the simulated cells'. "
+            f"Assumption: {sh['assumption']}"
+        )
     c = inp.get("centralized_fleet")
     if c:
         lines.append(

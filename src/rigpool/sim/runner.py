@@ -253,8 +253,19 @@ def run_experiment(
         cb = on_policy_start(name) if on_policy_start else None
         results[name] = run_one(prep, name, cb)
     metrics = {name: policy_metrics(prep, r) for name, r in results.items()}
+    return assemble_report(prep, results, metrics, len(prep.workload), prep.workload.rate_factor)
+
+
+def assemble_report(
+    prep: Prepared,
+    results: dict[str, RunResult],
+    metrics: dict[str, dict[str, Any]],
+    requests: int,
+    rate_factor: float,
+) -> dict[str, Any]:
+    """The report dictionary of a run (`requests`: all requests of the window, whole fleet)."""
+    cfg = prep.cfg
     sens = central_batch_sensitivity(prep) if prep.central is not None else None
-    wl = prep.workload
     fleet = prep.fleet
     gpu_counts: dict[str, int] = {}
     for gname, k in zip(fleet.gpu, fleet.n_gpus, strict=True):
@@ -275,9 +286,9 @@ def run_experiment(
                 "fleet_capacity_rps_at_util_1": prep.sizing.fleet_capacity_rps,
                 "capable_hosts": prep.sizing.capable_hosts,
                 "capable_gpus": prep.sizing.capable_gpus,
-                "rate_factor_vs_trace": wl.rate_factor,
-                "requests": len(wl),
-                "offered_rps": len(wl) / cfg.duration_s,
+                "rate_factor_vs_trace": rate_factor,
+                "requests": requests,
+                "offered_rps": requests / cfg.duration_s,
             },
             "decentralized_fleet": {
                 **fleet.info,
