@@ -134,3 +134,37 @@ def test_streamed_request_is_billed_and_receipted(billed, toy_model):
     wait_for(lambda: count() == 2, what="two receipts")
     assert audit(Ledger(billed.db)) == []
     agent.stop()
+
+
+def test_inflated_token_claims_become_evidence_and_lower_reputation(billed, toy_model):
+    """An agent that claims more tokens than it sent is caught by the gateway's own count."""
+    from sqlalchemy import select
+
+    from rigpool.coordinator.tables import Evidence
+    from rigpool.trust.evidence import EvidenceRecord
+
+    class Inflating(EmulatedBackend):
+        async def generate(self, request):  # type: ignore[override]
+            from rigpool.agent.backends.base import Finish
+
+            async for item in super().generate(request):
+                if isinstance(item, Finish):
+                    item = Finish(item.finish_reason, item.completion_tokens * 3)
+                yield item
+
+    backend = Inflating("A100 80GB", TOY_MODEL_NAME, time_scale=0.05, tokenizer_dir=toy_model)
+    options = ProvideOptions(backend="auto", price_in=PRICE_IN, price_out=PRICE_OUT)
+    caps, _ = capabilities_for(backend, options)
+    agent = AgentThread(billed.url, backend, models=caps.models).start()
+    wait_for(lambda: billed.agents_online() == 1)
+    Ledger(billed.db).credit_deposit(CONSUMER, 10_000_000, "c" * 64)
+    reply = client(billed).completions.create(model=TOY_MODEL_NAME, prompt="x", max_tokens=6)
+    assert reply.usage.completion_tokens == 6  # billed from the gateway's count
+    with billed.db() as s:
+        rows = list(s.scalars(select(Evidence)))
+    assert len(rows) == 1 and rows[0].provider == agent.identity.agent_id
+    record = EvidenceRecord.from_json(__import__("json").dumps(rows[0].record))
+    assert record.kind == "metering" and record.body["claimed_completion_tokens"] == 18
+    state = billed.app.state.coordinator
+    assert state.fleet.get(agent.identity.agent_id).reputation < 0.6
+    agent.stop()

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     # Money: escrow every request (hold -> capture/release) in the ledger.
     billing: bool = True
     network_fee_bps: int = Field(default=500, ge=0, le=10_000)
+    #: a first token later than this counts against the provider's reputation
+    ttft_slo_s: float = Field(default=5.0, gt=0)
     #: base units an agent must have bonded before it may serve (0: no stake required)
     min_stake: int = Field(default=0, ge=0)
 

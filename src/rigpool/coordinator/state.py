@@ -11,6 +11,7 @@ from rigpool.coordinator.hub import AgentSession, Hub
 from rigpool.coordinator.models import list_models
 from rigpool.coordinator.settings import Settings
 from rigpool.coordinator.tables import Model
+from rigpool.coordinator.trust_link import ServiceBook
 from rigpool.gateway.billing import Billing, units
 from rigpool.gateway.ratelimit import RateLimiter
 from rigpool.hardware.catalog import match_nvml_name
@@ -36,12 +37,14 @@ class CoordinatorState:
     limiter: RateLimiter = field(default_factory=lambda: RateLimiter(1, 1))
     billing: Billing | None = None
     identity: Identity | None = None
+    service: ServiceBook = field(default_factory=ServiceBook)
     #: (agent, model) -> posted price in base units per million tokens
     prices: dict[tuple[str, str], Price] = field(default_factory=dict)
     _models: dict[str, Model] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.hedge = HedgePolicy(share=self.settings.hedge_share)
+        self.service = ServiceBook(ttft_slo_s=self.settings.ttft_slo_s)
         if self.settings.billing:
             self.billing = Billing(Ledger(self.db), self.settings.network_fee_bps)
             self.identity, _ = load_or_create_identity(self.settings.identity_path)
@@ -88,9 +91,11 @@ class CoordinatorState:
                 models=frozenset(session.models),
                 model_prices=offers,
                 max_concurrency=caps.max_concurrency,
+                reputation=self.service.score(session.agent_id),
                 last_seen=time.monotonic(),
             )
         )
+        self.service.joined(session.agent_id)
 
     def agent_heartbeat(self, session: AgentSession) -> None:
         if session.agent_id in self.fleet:
@@ -101,8 +106,22 @@ class CoordinatorState:
                 healthy=not session.draining,
             )
 
+    def observed(
+        self, agent_id: str, *, ok: bool, ttft_s: float | None = None, check: bool | None = None
+    ) -> None:
+        """Feed one outcome into the provider's record and its reputation in the fleet index."""
+        if check is None:
+            self.service.served(agent_id, ok=ok, ttft_s=ttft_s)
+        else:
+            self.service.checked(agent_id, passed=check)
+        if agent_id in self.fleet:
+            self.fleet.heartbeat(
+                agent_id, time.monotonic(), reputation=self.service.score(agent_id)
+            )
+
     def agent_left(self, agent_id: str) -> None:
         if agent_id not in self.hub.sessions:
+            self.service.left(agent_id)
             self.fleet.leave(agent_id)
             self.hedge.forget(agent_id)
             for key in [k for k in self.prices if k[0] == agent_id]:

@@ -107,3 +107,17 @@ class AgentNonce(Base):
     agent_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
     timestamp: Mapped[float] = mapped_column(Float, index=True)
+
+
+class Evidence(Base):
+    """A failed check as a self-contained record (trust.evidence.EvidenceRecord JSON)."""
+
+    __tablename__ = "evidence"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    provider: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    request_id: Mapped[str] = mapped_column(String(128))
+    record_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    record: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created: Mapped[datetime] = mapped_column(DateTime)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -22,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from rigpool.coordinator.hub import AgentSession, Frame
 from rigpool.coordinator.state import CoordinatorState
-from rigpool.coordinator.tables import Model, RequestRecord
+from rigpool.coordinator.tables import Evidence, Model, RequestRecord
 from rigpool.core.errors import (
     BackendError,
     BadRequest,
@@ -36,6 +37,8 @@ from rigpool.gateway.tokenization import ModelTokenizer, load_tokenizer
 from rigpool.ledger import Ledger, ReceiptBody, countersign
 from rigpool.protocol.messages import Done, Error, Generate, Sampling, Token
 from rigpool.scheduler.routing import Constraints, NoCandidate
+from rigpool.trust.evidence import metering_evidence
+from rigpool.trust.metering import MeteringPolicy, MeterReading, compare
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +165,10 @@ def open_hold(state: CoordinatorState, job: Job) -> None:
     )
 
 
+#: an agent may claim a little more than the gateway re-counts (tokenizer round trips differ
+#: by a token or two on odd text); more than this is inflation
+METERING_POLICY = MeteringPolicy(abs_tolerance=2, rel_tolerance=0.1)
+
 #: the error recorded when the client hangs up; it pays for the tokens it had received
 CLIENT_GONE = "client went away"
 
@@ -188,11 +195,47 @@ def close_hold(state: CoordinatorState, job: Job, *, ok: bool) -> None:
     job.charged, job.fee = capture.charged, capture.fee
 
 
+def check_metering(state: CoordinatorState, job: Job) -> None:
+    """Compare the agent's token claim with the gateway's count; inflation is evidence."""
+    if job.provider_id is None or job.claimed_tokens is None:
+        return
+    reading = MeterReading(
+        request_id=job.request_id,
+        agent_id=job.provider_id,
+        model=job.model.name,
+        claimed_prompt_tokens=job.prompt_tokens,  # agents do not claim prompt tokens
+        claimed_completion_tokens=job.claimed_tokens,
+        gateway_prompt_tokens=job.prompt_tokens,
+        gateway_completion_tokens=job.completion_tokens(),
+    )
+    mismatch = compare(reading, METERING_POLICY)
+    # Only inflation harms anyone: an agent claiming fewer tokens is not billed for them either.
+    inflated = mismatch is not None and mismatch.completion_delta > 0
+    state.observed(job.provider_id, ok=True, check=not inflated)
+    if not inflated or state.identity is None:
+        return
+    record = metering_evidence(reading=reading, provider_signature="", coordinator=state.identity)
+    log.warning("metering evidence against %s: %s", job.provider_id, record.record_hash)
+    with state.db.begin() as session:
+        session.add(
+            Evidence(
+                provider=job.provider_id,
+                kind=record.kind,
+                request_id=job.request_id,
+                record_hash=record.record_hash,
+                record=json.loads(record.to_json()),
+                created=_utcnow(),
+            )
+        )
+
+
 def finish_record(
     state: CoordinatorState, job: Job, *, error: str | None, response: dict[str, Any] | None
 ) -> None:
     """End the request: settle its escrow, then write its final row."""
     close_hold(state, job, ok=error is None or error == CLIENT_GONE)
+    if error is None:
+        check_metering(state, job)
     now = time.time()
     values: dict[str, Any] = {
         "status": "ok" if not error else ("cancelled" if error == CLIENT_GONE else "error"),
@@ -313,6 +356,7 @@ class _Dispatcher:
             self.last_error,
         )
         self.state.router.on_end(attempt.session.agent_id, ok=False, now=time.monotonic())
+        self.state.observed(attempt.session.agent_id, ok=False)
         if isinstance(exc, BackendError) and not exc.retryable:
             raise BadRequest(f"the provider refused the request: {self.last_error}") from None
 
@@ -401,6 +445,7 @@ class _Dispatcher:
             state.hedge.observe_ttft(agent_id, first_s, time.monotonic())
             if job.ttft_s is None:
                 job.ttft_s = time.time() - job.created
+            state.observed(agent_id, ok=True, ttft_s=first_s)
             expected = 0
             ok = False
             try:
@@ -421,9 +466,17 @@ class _Dispatcher:
                     job.tokens.append(frame)
                     yield frame
                     if len(job.tokens) >= job.sampling.max_tokens:
-                        # The continuation budget is spent; the agent's Done is a formality.
+                        # The budget is spent: the answer is complete whatever follows. The
+                        # agent's Done (its token claim, for the metering check) comes right
+                        # after the last token; wait for it only briefly.
                         job.finish_reason = "length"
                         ok = True
+                        with contextlib.suppress(Exception):
+                            done = await asyncio.wait_for(anext(attempt.frames), 0.5)
+                            if isinstance(done, Done):
+                                job.claimed_tokens = (job.claimed_tokens or 0) + (
+                                    done.completion_tokens_claimed
+                                )
                         return
                     remaining = self._remaining()
                     if remaining <= 0:
