@@ -49,7 +49,9 @@ class Network:
         db = open_database(db_url)
         create_key(db, key=API_KEY)
         self.port = free_port()
-        env = {**os.environ, **self.env}
+        # Benchmarks of routing and the gateway run unbilled unless a config says otherwise
+        # (the ledger has its own benchmark, bench/ledger.py).
+        env = {**os.environ, "RIGPOOL_BILLING": "false", **self.env}
         logs = (work / "coordinator.log").open("wb")
         self.procs.append(
             subprocess.Popen(
