@@ -29,5 +29,10 @@ typecheck: install
 test: install lint typecheck
 	$(BIN)/python -m pytest
 
+# The full chaos suite (issue 8): 100 agents, 1,000 concurrent streams, every fault; `make test`
+# runs its short form (tests/chaos). Writes bench/results/chaos.json.
+chaos: install
+	$(BIN)/python -m rigpool.devnet.chaos --out bench/results/chaos.json
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
