@@ -168,3 +168,33 @@ def test_inflated_token_claims_become_evidence_and_lower_reputation(billed, toy_
     state = billed.app.state.coordinator
     assert state.fleet.get(agent.identity.agent_id).reputation < 0.6
     agent.stop()
+
+
+def test_restart_ends_interrupted_requests_and_releases_their_holds(tmp_path, toy_model):
+    """A coordinator crash mid-request: after restart the row is a retryable error, the hold
+    is released and the same Idempotency-Key may be used again."""
+    from datetime import datetime
+
+    from rigpool.coordinator.db import open_database
+    from rigpool.coordinator.recovery import INTERRUPTED, recover_interrupted
+    from rigpool.coordinator.tables import RequestRecord
+
+    db = open_database(f"sqlite:///{tmp_path / 'r.db'}")
+    ledger = Ledger(db)
+    ledger.credit_deposit(CONSUMER, 1_000, "g" * 64)
+    hold = ledger.hold(CONSUMER, 600, key="req-1:hold")
+    with db.begin() as s:
+        s.add(
+            RequestRecord(
+                id="req-1", api_key_id=1, idempotency_key="same-key", endpoint="chat",
+                model="m", created=datetime(2026, 1, 1),
+            )
+        )  # fmt: skip
+    assert recover_interrupted(db) == (1, 1)
+    with db() as s:
+        row = s.get(RequestRecord, "req-1")
+    assert row.status == "error" and row.error == INTERRUPTED
+    assert row.idempotency_key != "same-key"
+    assert ledger.hold_info(hold).state == "released"
+    assert ledger.balance("consumer", CONSUMER) == 1_000
+    assert audit(ledger) == []

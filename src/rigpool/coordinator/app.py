@@ -12,6 +12,7 @@ from rigpool import __version__
 from rigpool.coordinator import agent_link, fleet
 from rigpool.coordinator.db import open_database
 from rigpool.coordinator.models import register_model
+from rigpool.coordinator.recovery import recover_interrupted
 from rigpool.coordinator.registry import mark_all_offline
 from rigpool.coordinator.settings import Settings
 from rigpool.coordinator.state import CoordinatorState
@@ -29,6 +30,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for folder in settings.model_dirs:
         register_model(state.db, folder)
     mark_all_offline(state.db)
+    recover_interrupted(state.db)
     state.refresh_models()
 
     @asynccontextmanager
