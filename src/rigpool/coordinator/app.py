@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 
 from rigpool import __version__
 from rigpool.coordinator import agent_link, fleet
+from rigpool.coordinator.body_limit import BodyLimit
 from rigpool.coordinator.db import open_database
 from rigpool.coordinator.models import register_model
 from rigpool.coordinator.recovery import recover_interrupted
@@ -19,7 +20,7 @@ from rigpool.coordinator.state import CoordinatorState
 from rigpool.gateway import models_router
 from rigpool.gateway.chat import router as chat_router
 from rigpool.gateway.completions import router as completions_router
-from rigpool.gateway.errors import error_response, install_error_handlers
+from rigpool.gateway.errors import install_error_handlers
 
 log = logging.getLogger(__name__)
 
@@ -45,24 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.coordinator = state
     install_error_handlers(app)
 
-    @app.middleware("http")
-    async def limit_body(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        # Refuse oversized bodies from the header before reading them; chunked bodies without
-        # a length are capped while read (below).
-        length = request.headers.get("content-length")
-        limit = settings.max_body_bytes
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            return error_response(413, f"request body exceeds {limit} bytes")
-        if length is None and request.method in ("POST", "PUT", "PATCH"):
-            body = b""
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > limit:
-                    return error_response(413, f"request body exceeds {limit} bytes")
-            request._body = body
-        return await call_next(request)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, object]:

@@ -48,6 +48,7 @@ from rigpool.agent.backends.emulated import EmulatedBackend
 from rigpool.agent.daemon import Agent
 from rigpool.coordinator.db import open_database
 from rigpool.coordinator.keys import create_key
+from rigpool.coordinator.recovery import INTERRUPTED
 from rigpool.coordinator.tables import RequestRecord
 from rigpool.devnet.localnet import TOY_MODEL_NAME, free_port
 from rigpool.devnet.swarm import SwarmSpec, build_agents
@@ -485,19 +486,25 @@ def check_database(db_url: str, outcomes: list[Outcome]) -> dict[str, int]:
     db = open_database(db_url)
     with db() as session:
         rows = session.execute(
-            select(RequestRecord.idempotency_key, RequestRecord.status, RequestRecord.attempts)
+            select(
+                RequestRecord.idempotency_key,
+                RequestRecord.status,
+                RequestRecord.attempts,
+                RequestRecord.error,
+            )
         ).all()
     db.kw["bind"].dispose()
     ok_rows: Counter[str] = Counter()
     running: Counter[str] = Counter()
-    for idem, status, _attempts in rows:
-        key = idem.split(":failed:", 1)[0]
+    for idem, status, _attempts, error in rows:
+        key = idem.split(":failed:", 1)[0].split(":interrupted:", 1)[0]
         if status == "ok":
             ok_rows[key] += 1
-        elif status == "running":
+        elif status == "running" or error == INTERRUPTED:
+            # Cut by the coordinator's crash: start-up recovery ends such rows as interrupted.
             running[key] += 1
     result = {"double_charges": 0, "charged_failures": 0, "lost": 0, "interrupted": 0}
-    result["retried"] = sum(1 for _, _, attempts in rows if attempts > 1)
+    result["retried"] = sum(1 for _, _, attempts, _ in rows if attempts > 1)
     result["unrecorded"] = 0
     for outcome in outcomes:
         charged = ok_rows.get(outcome.key, 0)
