@@ -80,6 +80,11 @@ def _aim_at_the_served_model(case: schemathesis.Case, rng: random.Random) -> Non
     if not isinstance(case.body, dict) or "model" not in case.body or rng.random() < 0.5:
         return
     case.body["model"] = TOY_MODEL_NAME
+    if "messages" in case.body and not any(
+        isinstance(case.body.get(f), int) for f in ("max_tokens", "max_completion_tokens")
+    ):
+        # Chat's default is 256 tokens: keep generations short, the fuzz is about the API.
+        case.body["max_tokens"] = rng.randint(1, 64)
     for field in ("max_tokens", "max_completion_tokens"):
         value = case.body.get(field)
         if isinstance(value, int) and not isinstance(value, bool) and value > 64:
@@ -139,7 +144,11 @@ def test_every_operation_answers_without_5xx_and_conforms(fuzz_server: ServerThr
                 if content_type[0].startswith("text/event-stream"):
                     # The schema documents 200 as JSON only (reported: the streamed form is
                     # undeclared), so a stream is checked here: JSON events, then [DONE].
-                    _check_sse(response.text)
+                    # schemathesis reads at most `max_stream_events` events of a stream, so the
+                    # whole stream is fetched again, untruncated, to check how it ends.
+                    kwargs = case.as_transport_kwargs(base_url=fuzz_server.url, headers=headers)
+                    full = session.request(**kwargs, timeout=60)
+                    _check_sse(full.text)
                     streams_checked.append(case.operation.label)
                     return
                 case.validate_response(

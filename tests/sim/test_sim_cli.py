@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import traceback
 from pathlib import Path
 
 import typer
@@ -26,7 +27,9 @@ def test_quick_run_writes_report_plots_and_summary(tmp_path: Path):
     # Execute
     result = CliRunner().invoke(_app(), ["simulate", "--quick", "--out", str(tmp_path)])
     # Assert
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0, result.output + "".join(
+        traceback.format_exception(*result.exc_info) if result.exc_info else []
+    )
     report = json.loads((tmp_path / "report.json").read_text())
     assert set(report["policies"]) == {"random", "round-robin", "least-loaded", "rigpool",
                                        "centralized"}  # fmt: skip
