@@ -190,7 +190,10 @@ def scale_arrivals(
         if c % k != j:
             continue
         # copy c: request j arrives at (t_j + shift_c) mod span, repeated every span
-        base = (trace.t + shifts[c]) % span - start
+        # np.fmod on non-negative values equals %, but does not go through numpy's floor-mod
+        # path, which was seen to raise a spurious "invalid value" FP flag (left set by other
+        # native code in the same process) on perfectly finite inputs.
+        base = np.fmod(trace.t + shifts[c], span) - start
         base = np.where(base < 0, base + span, base)
         if loops == 1:
             sel = base < duration_s
