@@ -28,16 +28,14 @@ class BodyLimit:
             await self._refuse(send)
             return
         received = 0
-        refused = False
 
         async def limited_receive() -> Message:
             # Chunked bodies without a length are counted as they arrive.
-            nonlocal received, refused
+            nonlocal received
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    refused = True
                     raise _TooLarge
             return message
 
