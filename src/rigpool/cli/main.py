@@ -63,6 +63,14 @@ def coordinator(
         ),
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+    billing: Annotated[
+        bool,
+        typer.Option(
+            "--billing/--no-billing",
+            envvar="RIGPOOL_BILLING",
+            help="Escrow every request in the ledger (keys need a funded consumer account).",
+        ),
+    ] = True,
 ) -> None:
     """Run the coordinator: gateway, registry and the agents' WebSocket endpoint."""
     import uvicorn
@@ -73,7 +81,9 @@ def coordinator(
 
     _logging(log_level)
     try:
-        settings = Settings(database_url=db, host=host, port=port, model_dirs=model_dir or [])
+        settings = Settings(
+            database_url=db, host=host, port=port, model_dirs=model_dir or [], billing=billing
+        )
         application = create_app(settings)
     except (RigpoolError, ValueError) as exc:
         raise _fail(str(exc)) from None
@@ -217,13 +227,17 @@ def swarm(
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="A label for the key.")] = "",
+    consumer: Annotated[
+        str | None,
+        typer.Option(help="Ledger account the key spends from (the consumer's wallet)."),
+    ] = None,
     db: DbOption = "sqlite:///.rigpool/coordinator.db",
 ) -> None:
     """Create an API key and print it (it is stored hashed and shown only this once)."""
     from rigpool.coordinator.db import open_database
     from rigpool.coordinator.keys import create_key
 
-    key = create_key(open_database(db), name=name)
+    key = create_key(open_database(db), name=name, consumer=consumer)
     typer.echo(key)
 
 
