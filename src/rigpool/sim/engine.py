@@ -25,6 +25,7 @@ import itertools
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ParamSpec
 
 import numpy as np
 
@@ -183,6 +184,32 @@ class RunResult:
     sim_end_s: float = 0.0
 
 
+_P = ParamSpec("_P")
+
+
+def _without_cyclic_gc(fn: Callable[_P, RunResult]) -> Callable[_P, RunResult]:
+    """Pause the cyclic garbage collector for the duration of a run.
+
+    The run allocates millions of short-lived objects whose references are broken by hand
+    (see finish_request); the cyclic collector would rescan the whole fleet each time.
+    """
+    import functools
+    import gc
+
+    @functools.wraps(fn)
+    def wrapped(*args: _P.args, **kwargs: _P.kwargs) -> RunResult:
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    return wrapped
+
+
+@_without_cyclic_gc
 def run_policy(
     policy_name: str,
     make: Callable[[FleetIndex, list[str]], Policy],
@@ -208,48 +235,9 @@ def run_policy(
     gateway in that region (the centralized cluster). `straggle_p[a]` is agent a's straggle
     probability (per attempt, applied to the workload's shared uniform draws).
     """
-    import gc
     import time as _time
 
     wall0 = _time.perf_counter()
-    # The run allocates millions of short-lived objects whose references are broken by hand
-    # (see finish_request); the cyclic collector would rescan the whole fleet each time.
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return _run(
-            policy_name, make, fleet, wl, model=model, region_names=region_names,
-            duration_s=duration_s, drain_limit_s=drain_limit_s, wan_s=wan_s,
-            gateway_region=gateway_region, same_region_s=same_region_s, straggle_p=straggle_p,
-            detect_s=detect_s, restart_s=restart_s, samples=samples, progress=progress,
-            wall0=wall0,
-        )  # fmt: skip
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-
-
-def _run(
-    policy_name: str,
-    make: Callable[[FleetIndex, list[str]], Policy],
-    fleet: SimFleet,
-    wl: Workload,
-    *,
-    model: str,
-    region_names: tuple[str, ...],
-    duration_s: float,
-    drain_limit_s: float,
-    wan_s: np.ndarray,
-    gateway_region: int | None,
-    same_region_s: float,
-    straggle_p: np.ndarray,
-    detect_s: float,
-    restart_s: float,
-    samples: int,
-    progress: Callable[[float], None] | None,
-    wall0: float,
-) -> RunResult:
-    import time as _time
 
     n_ag = len(fleet)
     index = FleetIndex()
