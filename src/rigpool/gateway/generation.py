@@ -32,7 +32,9 @@ from rigpool.core.errors import (
     NotFound,
     RigpoolError,
 )
+from rigpool.gateway.auth import Caller
 from rigpool.gateway.billing import Hold
+from rigpool.gateway.common_schemas import SamplingFields
 from rigpool.gateway.tokenization import ModelTokenizer, load_tokenizer
 from rigpool.ledger import Ledger, ReceiptBody, countersign
 from rigpool.protocol.messages import Done, Error, Generate, Sampling, Token
@@ -98,6 +100,49 @@ class Job:
         than the max_tokens it asked for.
         """
         return min(self.tokenizer.count(self.output), self.sampling.max_tokens)
+
+
+def new_job(
+    body: SamplingFields,
+    *,
+    endpoint: str,
+    caller: Caller,
+    idempotency_key: str | None,
+    model: Model,
+    tokenizer: ModelTokenizer,
+    prompt: str,
+    messages: list[dict[str, str]] | None,
+    prompt_tokens: int,
+    max_tokens: int,
+    logprobs: bool,
+    top_logprobs: int,
+) -> Job:
+    """A Job from the fields chat and completions share; each endpoint supplies the rest."""
+    request_id = new_request_id("chatcmpl" if endpoint == "chat" else "cmpl")
+    return Job(
+        request_id=request_id,
+        api_key_id=caller.key_id,
+        consumer=caller.consumer,
+        idempotency_key=idempotency_key or request_id,
+        endpoint=endpoint,
+        model=model,
+        tokenizer=tokenizer,
+        prompt=prompt,
+        messages=messages,
+        sampling=Sampling(
+            max_tokens=max_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            seed=body.seed,
+            stop=body.stop_list(),
+            logprobs=logprobs,
+            top_logprobs=top_logprobs,
+        ),
+        stream=body.stream,
+        prompt_tokens=prompt_tokens,
+        include_usage=body.include_usage(),
+        constraints=body.constraints(),
+    )
 
 
 def resolve_model(state: CoordinatorState, name: str) -> tuple[Model, ModelTokenizer]:

@@ -16,11 +16,11 @@ from rigpool.gateway.generation import (
     DEFAULT_CHAT_MAX_TOKENS,
     Job,
     check_context,
-    new_request_id,
+    new_job,
     resolve_model,
 )
 from rigpool.gateway.serving import serve
-from rigpool.protocol.messages import Sampling, Token
+from rigpool.protocol.messages import Token
 
 router = APIRouter()
 
@@ -108,29 +108,18 @@ async def chat_completions(
     if max_tokens is None:
         max_tokens = max(1, min(DEFAULT_CHAT_MAX_TOKENS, model.context_length - prompt_tokens))
     check_context(model, prompt_tokens, max_tokens)
-    request_id = new_request_id("chatcmpl")
-    job = Job(
-        request_id=request_id,
-        api_key_id=caller.key_id,
-        consumer=caller.consumer,
-        idempotency_key=idempotency_key or request_id,
+    job = new_job(
+        body,
         endpoint="chat",
+        caller=caller,
+        idempotency_key=idempotency_key,
         model=model,
         tokenizer=tokenizer,
         prompt=prompt,
         messages=messages,
-        sampling=Sampling(
-            max_tokens=max_tokens,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            seed=body.seed,
-            stop=body.stop_list(),
-            logprobs=body.logprobs,
-            top_logprobs=body.top_logprobs or 0,
-        ),
-        stream=body.stream,
         prompt_tokens=prompt_tokens,
-        include_usage=body.include_usage(),
-        constraints=body.constraints(),
+        max_tokens=max_tokens,
+        logprobs=body.logprobs,
+        top_logprobs=body.top_logprobs or 0,
     )
     return await serve(state, job, ChatFormatter(), request)

@@ -10,9 +10,9 @@ from fastapi.responses import Response
 from rigpool.coordinator.state import CoordinatorState
 from rigpool.gateway.auth import Caller, require_api_key
 from rigpool.gateway.completions.schemas import CompletionRequest
-from rigpool.gateway.generation import Job, check_context, new_request_id, resolve_model
+from rigpool.gateway.generation import Job, check_context, new_job, resolve_model
 from rigpool.gateway.serving import serve
-from rigpool.protocol.messages import Sampling, Token
+from rigpool.protocol.messages import Token
 
 router = APIRouter()
 
@@ -78,29 +78,18 @@ async def completions(
     prompt = body.prompt_text()
     prompt_tokens = tokenizer.count(prompt)
     check_context(model, prompt_tokens, body.max_tokens)
-    request_id = new_request_id("cmpl")
-    job = Job(
-        request_id=request_id,
-        api_key_id=caller.key_id,
-        consumer=caller.consumer,
-        idempotency_key=idempotency_key or request_id,
+    job = new_job(
+        body,
         endpoint="completions",
+        caller=caller,
+        idempotency_key=idempotency_key,
         model=model,
         tokenizer=tokenizer,
         prompt=prompt,
         messages=None,
-        sampling=Sampling(
-            max_tokens=body.max_tokens,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            seed=body.seed,
-            stop=body.stop_list(),
-            logprobs=body.logprobs is not None,
-            top_logprobs=body.logprobs or 0,
-        ),
-        stream=body.stream,
         prompt_tokens=prompt_tokens,
-        include_usage=body.include_usage(),
-        constraints=body.constraints(),
+        max_tokens=body.max_tokens,
+        logprobs=body.logprobs is not None,
+        top_logprobs=body.logprobs or 0,
     )
     return await serve(state, job, CompletionFormatter(), request)
