@@ -29,7 +29,6 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -147,20 +146,6 @@ def _save_model(path: Path, *, vocab_size: int, token_ids: dict[str, int], seed:
     config_path.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-@contextlib.contextmanager
-def _quiet_progress() -> Iterator[None]:
-    """Hide transformers' per-call progress bars ("Writing model shards") during the build."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
-
 def _marker_content(seed: int) -> str:
     return json.dumps({"name": TOY_MODEL_NAME, "format": TOY_FORMAT_VERSION, "seed": seed}) + "\n"
 
@@ -176,7 +161,9 @@ def build_toy_model(path: Path, seed: int = 0) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     (path / MARKER_FILE).unlink(missing_ok=True)
     tokenizer = _train_tokenizer()
-    with _quiet_progress():
+    from rigpool.agent.backends.transformers_backend import quiet_progress
+
+    with quiet_progress():
         vocab_size = _save_tokenizer(tokenizer, path)
         token_ids = {tok: tokenizer.token_to_id(tok) for tok in (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN)}
         _save_model(path, vocab_size=vocab_size, token_ids=token_ids, seed=seed)

@@ -45,8 +45,8 @@ _POLL_S = 0.05
 
 
 @contextlib.contextmanager
-def _quiet_progress() -> Iterator[None]:
-    """Hide transformers' "Loading weights" progress bar; agent logs are not a terminal."""
+def quiet_progress() -> Iterator[None]:
+    """Hide transformers' progress bars (loading, writing weights): logs are not a terminal."""
     from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()
@@ -110,7 +110,7 @@ class TransformersBackend(Backend):
         self.device = _resolve_device(device)
         self.dtype = _resolve_dtype(dtype, self.device)
         try:
-            with _quiet_progress():
+            with quiet_progress():
                 self._tokenizer = AutoTokenizer.from_pretrained(
                     model_path_or_id, local_files_only=local
                 )
