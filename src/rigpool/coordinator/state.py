@@ -91,7 +91,7 @@ class CoordinatorState:
                 models=frozenset(session.models),
                 model_prices=offers,
                 max_concurrency=caps.max_concurrency,
-                reputation=self.service.score(session.agent_id),
+                reputation=self.reputation(session.agent_id),
                 last_seen=time.monotonic(),
             )
         )
@@ -116,8 +116,12 @@ class CoordinatorState:
             self.service.checked(agent_id, passed=check)
         if agent_id in self.fleet:
             self.fleet.heartbeat(
-                agent_id, time.monotonic(), reputation=self.service.score(agent_id)
+                agent_id, time.monotonic(), reputation=self.reputation(agent_id)
             )
+
+    def reputation(self, agent_id: str) -> float:
+        """The provider's reputation in [0, 1], as the router reads it from the fleet index."""
+        return self.service.score(agent_id)
 
     def agent_left(self, agent_id: str) -> None:
         if agent_id not in self.hub.sessions:

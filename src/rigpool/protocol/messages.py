@@ -15,10 +15,14 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
 #: major.minor — major must match between peers; minor only adds fields with defaults.
-PROTOCOL_VERSION = "1.3"
+PROTOCOL_VERSION = "1.4"
 
 #: frames bigger than this are refused by both sides before parsing (a garbage flood guard).
 MAX_FRAME_BYTES = 1 << 20
+
+#: a `done` frame carries verification data for generations up to this many tokens (prompt or
+#: output); longer ones are served unverifiable, which raises the agent's check rate elsewhere.
+MAX_VERIFIED_TOKENS = 16384
 
 #: domain separation of the agent's receipt signature (the ledger checks the same prefix), so a
 #: receipt signature can never be replayed as any other signed message of the agent.
@@ -177,6 +181,17 @@ class Done(_Frame):
     finish_reason: Literal["stop", "length"] = "stop"
     # The agent's own count: logged and compared, never billed (the gateway counts itself).
     completion_tokens_claimed: int = Field(default=0, ge=0)
+    # 1.4, verification data (backends that run the model themselves fill these; see
+    # docs/trust.md). The prompt and output token ids the agent used, the log-probability of
+    # each output token under the distribution it was drawn from (-1e9 for -inf), TOPLOC
+    # commitments (base64, 258 bytes per 32 tokens), and the agent's ed25519 signature (base58)
+    # over `trust.evidence.provider_statement` of all of it: what a validator re-checks and what
+    # evidence against this agent must carry.
+    prompt_ids: list[int] | None = Field(default=None, max_length=MAX_VERIFIED_TOKENS)
+    output_ids: list[int] | None = Field(default=None, max_length=MAX_VERIFIED_TOKENS)
+    logprobs: list[float] | None = Field(default=None, max_length=MAX_VERIFIED_TOKENS)
+    commitments: list[str] | None = Field(default=None, max_length=MAX_VERIFIED_TOKENS // 32 + 1)
+    statement_signature: str = Field(default="", max_length=128)
 
 
 class Error(_Frame):
