@@ -8,21 +8,36 @@ What it runs (all on CPU, real torch models from `trust.simulate`):
   cheap-generation-then-prefill: per-request detection rates, then requests until detection
   under the adaptive check rate (`sampling`), by Monte Carlo over the measured outcomes;
 - (d) inflated metering, (e) a CPU claiming an A100 (attestation), (g) one lying validator;
-- cost: teacher-forced validation time / generation time, TOPLOC bytes per 32 tokens.
+- cost: teacher-forced validation time / generation time, TOPLOC bytes per 32 tokens;
+- `--live`: the adversarial suite on a live network at the production check rates (floor 0.02,
+  cap 0.5, 3 records to slash): a real billed coordinator, every kind a real agent process
+  (`rigpool.devnet.adversaries`) with a bonded stake, traffic through the official openai
+  client; per agent the requests until the first failed check and until the slash, stake
+  slashed, expulsion, honest false positives, and the verification overhead.
 
-Usage: .venv/bin/python bench/trust.py [--quick] [--out PATH]
+Usage: .venv/bin/python bench/trust.py [--quick] [--live | --live-only] [--out PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
+import logging
 import math
+import os
 import platform
+import re
+import shutil
+import signal
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -212,17 +227,12 @@ def finite(obj):
     return obj
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "trust.json")
-    args = ap.parse_args(argv)
+def offline_bench(args, console):
+    """The offline suite (in-process providers and validator); prints its tables."""
     import torch
 
-    torch.set_num_threads(1)
     n_honest = 8 if args.quick else 200
     n_cheat = 4 if args.quick else 24
-    console = Console()
     t_start = time.perf_counter()
     models = build_test_models(default_cache_root() / "trust-models-v1", ensure_toy_model())
     validator = Validator(load_model(models.claimed), MODEL)
@@ -373,11 +383,6 @@ def main(argv=None):
         "sampling_policy": dataclasses.asdict(policy),
         "toploc": {"chunk_tokens": CHUNK_TOKENS, "topk": 128, "prime": 65521},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(finite({"metrics": metrics, "goals": goals, "setup": setup}), indent=2) + "\n"
-    )
-
     table = Table(
         title="Adversarial suite (per-request detection; requests until detection "
         "under the adaptive check rate)"
@@ -429,8 +434,636 @@ def main(argv=None):
     console.print(g)
     console.print(
         f"validation / generation time: {ratio:.3f}; TOPLOC {commit_bytes} B / 32 tokens; "
-        f"wall {metrics['wall_s']:.0f} s -> {args.out}"
+        f"wall {metrics['wall_s']:.0f} s"
     )
+    return {"metrics": metrics, "goals": goals, "setup": setup}
+
+
+# --- live: the adversarial suite on a real network at the production check rates ------------
+
+#: (kind, dtype) of every agent process, in start order
+LIVE_AGENTS = (
+    ("honest", "float32"),
+    ("honest", "bfloat16"),
+    ("honest", "float16"),
+    ("smaller", "float32"),
+    ("other", "float32"),
+    ("quantized4", "float32"),
+    ("random_text", "float32"),
+    ("cached", "float32"),
+    ("prefill_cheat", "float32"),
+    ("inflate", "float32"),
+    ("stall", "float32"),
+    ("fake_a100", "float32"),
+)
+#: the issue's letters; (a)-(d) must be slashed through evidence, (e) refused at join
+LIVE_LETTERS = {
+    "smaller": "a",
+    "other": "a",
+    "quantized4": "b",
+    "random_text": "c",
+    "cached": "c",
+    "prefill_cheat": "a/c",
+    "inflate": "d",
+    "fake_a100": "e",
+    "stall": "f",
+}
+LIVE_SLASHED = (
+    "smaller",
+    "other",
+    "quantized4",
+    "random_text",
+    "cached",
+    "prefill_cheat",
+    "inflate",
+)
+LIVE_API_KEY = "rp-bench-trust-live-0123456789abcdef"
+LIVE_CONSUMER = "trust-bench-consumer"
+LIVE_STAKE = 1_000_000
+LIVE_MAX_TOKENS = 32
+LIVE_TEXT = (
+    "the network pools idle cards for inference and pays every provider per token while "
+    "validators check a sample of answers against the claimed model and slash the stake of "
+    "anyone caught serving something cheaper than what they promised"
+)
+DTYPE_SHORT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def live_prompts(n: int) -> list[str]:
+    words = LIVE_TEXT.split()
+    w = len(words)
+    return [" ".join(words[(i * 7 + j * 3) % w] for j in range(6 + i % 7)) for i in range(n)]
+
+
+class LiveServer:
+    """A real uvicorn coordinator on 127.0.0.1 in a thread (as tests/netsupport.ServerThread)."""
+
+    def __init__(self, settings: Any) -> None:
+        import uvicorn
+
+        from rigpool.coordinator.app import create_app
+        from rigpool.devnet.localnet import free_port
+        from rigpool.protocol.messages import MAX_FRAME_BYTES
+
+        self.port = free_port()
+        self.app = create_app(settings.model_copy(update={"port": self.port}))
+        config = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="error",
+            ws_max_size=MAX_FRAME_BYTES,
+            lifespan="on",
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def state(self) -> Any:
+        return self.app.state.coordinator
+
+    def start(self) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the live coordinator did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+class LiveAgent:
+    """One `python -m rigpool.devnet.adversaries KIND` process with a bonded stake."""
+
+    def __init__(self, kind: str, dtype: str, work: Path) -> None:
+        from rigpool.protocol.signing import load_or_create_identity
+
+        self.kind, self.dtype = kind, dtype
+        self.label = kind if kind != "honest" else f"honest {DTYPE_SHORT.get(dtype, dtype)}"
+        self.key = work / f"{kind}-{dtype}.json"
+        self.identity, _ = load_or_create_identity(self.key)
+        self.agent_id = self.identity.agent_id
+        self.log_path = work / f"{kind}-{dtype}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.rc: int | None = None
+        self.joined = False  # seen routable in the fleet index
+
+    def start(self, url: str, models: Path) -> None:
+        log = self.log_path.open("wb")
+        try:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable, "-m", "rigpool.devnet.adversaries", self.kind,
+                    "--coordinator", url, "--models", str(models),
+                    "--identity", str(self.key), "--dtype", self.dtype, "--threads", "1",
+                ],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
+            )  # fmt: skip
+        finally:
+            log.close()
+
+    def exited(self) -> bool:
+        if self.proc is not None and self.rc is None:
+            self.rc = self.proc.poll()
+        return self.rc is not None
+
+    def refusal(self) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        found = re.findall(r"^REFUSED: (.*)$", text, re.MULTILINE)
+        return found[-1].strip() if found else ""
+
+    def log_tail(self, lines: int = 8) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def terminate(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+
+    def reap(self, timeout_s: float = 15.0) -> None:
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.exited()
+
+
+def _live_settings(work: Path) -> Any:
+    from rigpool.coordinator.settings import Settings
+
+    return Settings.model_validate(
+        {
+            "database_url": f"sqlite:///{work / 'coordinator.db'}",
+            "identity_path": work / "coordinator-keypair.json",
+            "model_dirs": [],
+            "billing": True,
+            "verification": True,
+            # production check rates and slashing (the Settings defaults, spelled out)
+            "check_rate_floor": 0.02,
+            "check_rate_cap": 0.5,
+            "slash_min_records": 3,
+            # the stall cheat is cut off after 3 s without a token (default 15 s)
+            "first_token_timeout_s": 20.0,
+            "inter_token_timeout_s": 3.0,
+            "request_timeout_s": 60.0,
+        }
+    )
+
+
+def _wait_for_agents(server: LiveServer, agents: list[LiveAgent], deadline: float) -> None:
+    """Until every agent is routable or has exited (fake_a100 may be refused at join)."""
+    fleet = server.state.fleet
+    while time.monotonic() < deadline:
+        for a in agents:
+            a.joined = a.joined or a.agent_id in fleet
+        if all(a.joined or a.exited() for a in agents):
+            return
+        time.sleep(0.25)
+
+
+def _send_traffic(
+    url: str, n: int, concurrency: int, deadline: float, stop: threading.Event
+) -> list[dict[str, Any] | None]:
+    """`n` completions through the official openai client, `concurrency` threads at a time."""
+    import openai
+
+    client = openai.OpenAI(base_url=url + "/v1", api_key=LIVE_API_KEY, max_retries=1, timeout=90)
+    prompts = live_prompts(n)
+    counter = itertools.count()
+    results: list[dict[str, Any] | None] = [None] * n
+
+    def worker() -> None:
+        while not stop.is_set() and time.monotonic() < deadline:
+            i = next(counter)
+            if i >= n:
+                return
+            t0 = time.perf_counter()
+            try:
+                client.completions.create(
+                    model=CLAIMED_MODEL,
+                    prompt=prompts[i],
+                    max_tokens=LIVE_MAX_TOKENS,
+                    temperature=0.0 if i % 2 == 0 else 1.0,
+                    seed=i,
+                )
+                results[i] = {"ok": True, "s": time.perf_counter() - t0}
+            except openai.OpenAIError as exc:
+                results[i] = {"ok": False, "s": time.perf_counter() - t0, "error": str(exc)[:200]}
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        while t.is_alive():
+            t.join(0.5)
+    return results
+
+
+def _trust_view(url: str) -> dict[str, Any]:
+    import httpx
+
+    return dict(httpx.get(url + "/v1/trust", timeout=10).json())
+
+
+def _wait_checks_done(url: str, deadline: float) -> bool:
+    """Until every check the verifier queued has finished (selected = checked + not checked)."""
+    while time.monotonic() < deadline:
+        view = _trust_view(url)["providers"]
+        pending = sum(
+            v["selected"] - v["skipped"] - v["unverifiable"] - v["checked"] for v in view.values()
+        )
+        if pending <= 0:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def _live_rows(server: LiveServer, agents: list[LiveAgent]) -> tuple[list[dict], dict]:
+    """Per agent: traffic, checks, evidence, slashes, from /v1/trust and the database."""
+    import httpx
+    from sqlalchemy import select
+
+    from rigpool.coordinator.tables import Evidence, RequestRecord
+    from rigpool.ledger import Ledger
+    from rigpool.ledger.tables import Slash
+
+    state = server.state
+    trust = _trust_view(server.url)
+    fleet = {p["id"]: p for p in httpx.get(server.url + "/v1/providers", timeout=10).json()["data"]}
+    with state.db() as s:
+        requests = list(s.scalars(select(RequestRecord)))
+        evidence = list(s.scalars(select(Evidence).order_by(Evidence.id)))
+    ledger = Ledger(state.db)
+    with ledger.sessions() as s:
+        slashes = list(s.scalars(select(Slash).order_by(Slash.id)))
+    ok = [r for r in requests if r.status == "ok"]
+    totals = {
+        "requests_recorded": len(requests),
+        "ok": len(ok),
+        "errors": sum(r.status == "error" for r in requests),
+        "failovers": sum(r.attempts > 1 for r in ok),
+        "serving_s": sum((r.latency_ms or 0.0) for r in ok) / 1000,
+        "validator_s": sum(v["validator_s"] for v in trust["providers"].values()),
+    }
+    rows = []
+    for a in agents:
+        served = sorted(
+            (r for r in ok if r.provider_id == a.agent_id), key=lambda r: (r.created, r.id)
+        )
+        index = {r.id: k for k, r in enumerate(served, start=1)}
+        ev = [e for e in evidence if e.provider == a.agent_id]
+        ev_requests: list[str] = []
+        for e in ev:  # distinct requests, in the order the evidence was recorded
+            rid = e.request_id.rsplit(".", 1)[0] if "." in e.request_id else e.request_id
+            if rid not in ev_requests:
+                ev_requests.append(rid)
+        first = index.get(ev_requests[0]) if ev_requests else None
+        k = server.state.settings.slash_min_records
+        at_slash = index.get(ev_requests[k - 1]) if len(ev_requests) >= k else None
+        mine = [sl for sl in slashes if sl.provider == a.agent_id]
+        before_slash = sum(r.created <= mine[0].created for r in served) if mine else None
+        v = trust["providers"].get(a.agent_id, {})
+        p = fleet.get(a.agent_id, {})
+        attested = state.attestations.get(a.agent_id)
+        row = {
+            "kind": a.kind,
+            "label": a.label,
+            "letter": LIVE_LETTERS.get(a.kind, ""),
+            "dtype": a.dtype,
+            "agent_id": a.agent_id,
+            "joined": a.joined,
+            "refused": a.refusal() or None,
+            "exit_code": a.rc,
+            "attestation": attested.view() if attested is not None else None,
+            "served": len(served),
+            "errors": sum(r.status == "error" and r.provider_id == a.agent_id for r in requests),
+            "checks": v.get("checked", 0),
+            "checks_passed": v.get("passed", 0),
+            "checks_failed": v.get("failed", 0),
+            "evidence": len(ev),
+            "evidence_kinds": sorted({e.kind for e in ev}),
+            "requests_until_first_failed_check": first,
+            "requests_until_slash": at_slash,
+            "served_before_slash": before_slash,
+            "stake_slashed": sum(sl.amount for sl in mine),
+            "stake_left": ledger.balance("provider_stake", a.agent_id),
+            "slash_reason": mine[0].reason if mine else None,
+            "expelled": a.agent_id in state.banned,
+            "check_rate_end": v.get("check_rate"),
+            "validator_s": v.get("validator_s", 0.0),
+            "last_failure": v.get("last_failure", ""),
+            "reputation": p.get("reputation"),
+            "provider_served": p.get("served"),
+            "provider_failed": p.get("failed"),
+        }
+        rows.append(row)
+    return rows, totals
+
+
+def live_bench(n: int, concurrency: int, timeout_s: float, console: Console) -> dict[str, Any]:
+    """The adversarial suite on a live network; every process is stopped before it returns."""
+    from rigpool.coordinator.keys import create_key
+    from rigpool.coordinator.models import register_model
+    from rigpool.ledger import Ledger
+
+    t_start = time.monotonic()
+    hard_deadline = t_start + timeout_s
+    models = build_test_models(default_cache_root() / "trust-models-v1", ensure_toy_model())
+    work = Path(tempfile.mkdtemp(prefix="rigpool-trust-live-"))
+    agents = [LiveAgent(kind, dtype, work) for kind, dtype in LIVE_AGENTS]
+    stop = threading.Event()
+    server: LiveServer | None = None
+    # The run stops by itself: past the timeout the main thread gets a Ctrl-C, and SIGTERM
+    # acts like one, so the `finally` below always stops the agents and the coordinator.
+    watchdog = threading.Timer(timeout_s, lambda: os.kill(os.getpid(), signal.SIGINT))
+    watchdog.daemon = True
+    old_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # The in-process coordinator logs every failed check and slash: to a file, not the table.
+    rigpool_log = logging.getLogger("rigpool")
+    handler = logging.FileHandler(work / "coordinator.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    saved_log = (rigpool_log.propagate, rigpool_log.level)
+    rigpool_log.addHandler(handler)
+    rigpool_log.propagate = False
+    rigpool_log.setLevel(logging.INFO)
+    ok = False
+    try:
+        watchdog.start()
+        settings = _live_settings(work)
+        server = LiveServer(settings)
+        server.start()
+        db = server.state.db
+        register_model(db, models.claimed, name=CLAIMED_MODEL)
+        server.state.refresh_models()
+        create_key(db, key=LIVE_API_KEY, consumer=LIVE_CONSUMER)
+        ledger = Ledger(db)
+        ledger.credit_deposit(LIVE_CONSUMER, 10**12, "trust-bench-deposit".ljust(64, "0"))
+        for a in agents:
+            ledger.stake(a.agent_id, LIVE_STAKE, f"stake-{a.kind}-{a.dtype}".ljust(64, "0"))
+        console.print(f"live: starting {len(agents)} agent processes ({work})")
+        for a in agents:
+            a.start(server.url, models.claimed.parent)
+        _wait_for_agents(server, agents, min(hard_deadline - 60, time.monotonic() + 300))
+        joined = [a.label for a in agents if a.agent_id in server.state.fleet]
+        t_joined = time.monotonic()
+        console.print(f"live: {len(joined)} agents routable after {t_joined - t_start:.0f} s")
+        for a in agents:
+            if a.exited() and a.kind != "fake_a100":
+                console.print(f"[red]live: {a.label} exited ({a.rc}):[/red]\n{a.log_tail()}")
+        results = _send_traffic(server.url, n, concurrency, hard_deadline - 90, stop)
+        t_traffic = time.monotonic() - t_joined
+        checks_done = _wait_checks_done(server.url, min(hard_deadline - 30, time.monotonic() + 120))
+        time.sleep(1.0)  # a last slash's expulsion (on the event loop after its check)
+        for a in agents:
+            a.exited()
+        rows, totals = _live_rows(server, agents)
+        ok = True
+    except KeyboardInterrupt:
+        console.print("[red]live: interrupted (Ctrl-C, SIGTERM or the timeout); stopping[/red]")
+        raise
+    finally:
+        stop.set()
+        watchdog.cancel()
+        for a in agents:
+            a.terminate()
+        for a in agents:
+            a.reap()
+        if server is not None:
+            server.stop()
+        signal.signal(signal.SIGTERM, old_term)
+        rigpool_log.removeHandler(handler)
+        handler.close()
+        rigpool_log.propagate, rigpool_log.level = saved_log
+        if ok:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            console.print(f"live: logs kept in {work}")
+
+    sent = [r for r in results if r is not None]
+    client_ok = [r for r in sent if r["ok"]]
+    client_errors: dict[str, int] = {}
+    for r in sent:
+        if not r["ok"]:
+            client_errors[r["error"][:80]] = client_errors.get(r["error"][:80], 0) + 1
+    overhead = totals["validator_s"] / totals["serving_s"] if totals["serving_s"] else None
+    by_kind = {r["kind"]: r for r in rows}
+    honest = [r for r in rows if r["kind"] == "honest"]
+    cheats_ad = [r for r in rows if r["kind"] in LIVE_SLASHED]
+    detected = [r["requests_until_first_failed_check"] for r in cheats_ad]
+    worst = max(detected) if detected and all(d is not None for d in detected) else None
+    fake = by_kind["fake_a100"]
+    metrics = {
+        "agents": rows,
+        "requests_sent": len(sent),
+        "requests_ok": len(client_ok),
+        "client_errors": client_errors,
+        "client_latency_p50_s": float(np.median([r["s"] for r in client_ok]))
+        if client_ok
+        else None,
+        "client_latency_p99_s": (
+            float(np.percentile([r["s"] for r in client_ok], 99)) if client_ok else None
+        ),
+        **totals,
+        "verification_overhead_share": overhead,
+        "checks_total": sum(r["checks"] for r in rows),
+        "honest_checks": sum(r["checks"] for r in honest),
+        "honest_false_positives": sum(r["checks_failed"] for r in honest),
+        "honest_evidence": sum(r["evidence"] for r in honest),
+        "checks_finished_before_report": checks_done,
+        "traffic_s": t_traffic,
+        "startup_s": t_joined - t_start,
+        "wall_s": time.monotonic() - t_start,
+    }
+    goals = {
+        "live_cheats_a_to_d_detected_within_200_requests": {
+            "target": "each (a)-(d) cheat: first evidence within 200 of its requests",
+            "value": worst,
+            "undetected": [
+                r["label"] for r in cheats_ad if r["requests_until_first_failed_check"] is None
+            ],
+            "pass": worst is not None and worst <= 200,
+        },
+        "live_cheats_a_to_d_slashed_and_expelled": {
+            "target": "all",
+            "value": f"{sum(r['stake_slashed'] > 0 and r['expelled'] for r in cheats_ad)}"
+            f"/{len(cheats_ad)}",
+            "pass": all(r["stake_slashed"] > 0 and r["expelled"] for r in cheats_ad),
+        },
+        "live_cpu_claiming_a100_refused_at_join": {
+            "target": "(e) refused by attestation (exit 3, REFUSED)",
+            "value": fake["refused"] or "not refused",
+            "pass": bool(fake["refused"]),
+        },
+        "live_checking_overhead_share_of_compute": {
+            "target": "< 0.05",
+            "value": overhead,
+            "pass": overhead is not None and overhead < 0.05,
+        },
+        "live_no_honest_agent_slashed": {
+            "target": "0 honest agents slashed or expelled",
+            "value": sum(r["stake_slashed"] > 0 or r["expelled"] for r in honest),
+            "false_positive_checks": metrics["honest_false_positives"],
+            "pass": not any(r["stake_slashed"] > 0 or r["expelled"] for r in honest),
+        },
+    }
+    import torch
+
+    setup = {
+        "requests": n,
+        "concurrency": concurrency,
+        "max_tokens": LIVE_MAX_TOKENS,
+        "traffic": "official openai client, completions; even requests greedy, odd "
+        "temperature 1; seed = request index; prompts from a fixed word list",
+        "agents": [{"kind": a.kind, "dtype": a.dtype, "label": a.label} for a in agents],
+        "stake_per_agent": LIVE_STAKE,
+        "coordinator": "in-process uvicorn thread, sqlite, billing on, verification fp32 "
+        "validator in the coordinator; development-mode attestation sizes",
+        "check_rate_floor": settings.check_rate_floor,
+        "check_rate_cap": settings.check_rate_cap,
+        "slash_min_records": settings.slash_min_records,
+        "token_test_window": settings.token_test_window,
+        "routing_policy": settings.routing_policy,
+        "hedging": settings.hedging,
+        "first_token_timeout_s": settings.first_token_timeout_s,
+        "inter_token_timeout_s": settings.inter_token_timeout_s,
+        "request_timeout_s": settings.request_timeout_s,
+        "attestation": {
+            "matrix_size": settings.attest_matrix_size,
+            "target_s": settings.attest_target_s,
+            "max_buffer_mb": settings.attest_max_buffer_mb,
+            "allowance_s": settings.attest_allowance_s,
+        },
+        "timeout_s": timeout_s,
+        "torch_threads_per_process": 1,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "overhead_definition": "sum of validator_s (/v1/trust) / sum of latency_ms of ok "
+        "requests (RequestRecord)",
+        "detection_definition": "requests until first failed check / until slash: 1-based "
+        "position, in the agent's own ok requests ordered by RequestRecord.created, of the "
+        "request of its first / slash_min_records-th distinct evidence record",
+    }
+    _print_live(console, rows, metrics, goals)
+    return {"metrics": metrics, "goals": goals, "setup": setup}
+
+
+def _print_live(console: Console, rows: list[dict], metrics: dict, goals: dict) -> None:
+    def opt(x: Any) -> str:
+        return "-" if x is None else str(x)
+
+    table = Table(
+        title=f"Live adversarial network at production check rates (floor 0.02, cap 0.5, "
+        f"3 records to slash): {metrics['requests_ok']}/{metrics['requests_sent']} requests ok"
+    )
+    for col in (
+        "agent", "served", "checks", "failed", "evidence", "1st fail @req", "slash @req",
+        "stake slashed", "expelled", "rate", "note",
+    ):  # fmt: skip
+        table.add_column(col)
+    for r in rows:
+        label = f"({r['letter']}) {r['label']}" if r["letter"] else r["label"]
+        if r["kind"] == "honest":
+            note = f"false positives {r['checks_failed']}"
+        elif r["kind"] == "fake_a100":
+            att = r["attestation"] or {}
+            note = r["refused"] or (
+                f"not refused: attestation {att.get('status')}, reply {opt(att.get('reply_s'))} s"
+                f" / limit {opt(att.get('limit_s'))} s"
+            )
+        elif r["kind"] == "stall":
+            rep = r["reputation"]
+            note = f"reputation {rep:.2f}" if rep is not None else "reputation -"
+            note += f", failed attempts {opt(r['provider_failed'])}"
+        else:
+            note = r["slash_reason"] or ", ".join(r["evidence_kinds"])
+        table.add_row(
+            label,
+            str(r["served"]),
+            str(r["checks"]),
+            str(r["checks_failed"]),
+            str(r["evidence"]),
+            opt(r["requests_until_first_failed_check"]),
+            opt(r["requests_until_slash"]),
+            f"{r['stake_slashed'] / LIVE_STAKE:.0%}" if r["stake_slashed"] else "0",
+            "yes" if r["expelled"] else "no",
+            opt(r["check_rate_end"]),
+            note[:72],
+        )
+    if not console.is_terminal:
+        console = Console(width=170)  # a log file gets the whole table
+    console.print(table)
+    over = metrics["verification_overhead_share"]
+    console.print(
+        f"verification overhead: validator {metrics['validator_s']:.2f} s / serving "
+        f"{metrics['serving_s']:.1f} s = {over:.2%}"
+        if over is not None
+        else "overhead: -"
+    )
+    g = Table(title="Live goals")
+    for col in ("goal", "target", "value", "pass"):
+        g.add_column(col)
+    for name, v in goals.items():
+        value = v["value"]
+        shown = f"{value:.3g}" if isinstance(value, float) else opt(value)
+        g.add_row(name, str(v["target"]), shown, "PASS" if v["pass"] else "FAIL")
+    console.print(g)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "trust.json")
+    ap.add_argument("--live", action="store_true", help="add the live adversarial network")
+    ap.add_argument("--live-only", action="store_true", help="run only the live part")
+    ap.add_argument("--live-requests", type=int, default=None, help="default 600 (150 quick)")
+    ap.add_argument("--live-concurrency", type=int, default=4)
+    ap.add_argument("--live-timeout", type=float, default=900.0, help="seconds, whole live part")
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    console = Console()
+    if args.live_only:
+        # Keep the offline results already there; only the live entries are replaced.
+        try:
+            result = json.loads(args.out.read_text())
+        except (OSError, ValueError):
+            result = {}
+        for key in ("metrics", "goals", "setup"):
+            result.setdefault(key, {})
+    else:
+        result = offline_bench(args, console)
+    if args.live or args.live_only:
+        n = args.live_requests or (150 if args.quick else 600)
+        try:
+            live = live_bench(n, args.live_concurrency, args.live_timeout, console)
+        except KeyboardInterrupt:
+            console.print("live part interrupted; nothing written")
+            return 130
+        result["metrics"]["live"] = live["metrics"]
+        result["goals"] = {k: v for k, v in result["goals"].items() if not k.startswith("live_")}
+        result["goals"].update(live["goals"])
+        result["setup"]["live"] = live["setup"]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(finite(result), indent=2) + "\n")
+    console.print(f"-> {args.out}")
     return 0
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,7 @@ def test_greedy_is_deterministic_and_respects_max_tokens(toy_backend: Transforme
     first, finish = run(toy_backend, max_tokens=12, temperature=0)
     second, _ = run(toy_backend, max_tokens=12, temperature=0)
     assert [c.token_id for c in first] == [c.token_id for c in second]
-    assert finish == Finish(finish_reason="length", completion_tokens=12)
+    assert (finish.finish_reason, finish.completion_tokens) == ("length", 12)
     assert len(first) == 12
     assert all(c.logprob is None for c in first)  # not requested
 
@@ -135,12 +136,16 @@ def test_stop_string_is_honoured_and_not_emitted(toy_backend: TransformersBacken
     assert stop not in _text(chunks)
     assert finish.finish_reason == "stop"
     assert finish.completion_tokens == len(chunks) < 30
+    # the token that completed the stop string was sampled, so it is in the verification data
+    assert finish.output_ids == tuple(c.token_id for c in chunks)
 
 
 def test_max_tokens_zero(toy_backend: TransformersBackend) -> None:
     chunks, finish = run(toy_backend, max_tokens=0, temperature=0)
     assert chunks == []
-    assert finish == Finish(finish_reason="length", completion_tokens=0)
+    assert (finish.finish_reason, finish.completion_tokens) == ("length", 0)
+    assert finish.output_ids == finish.logprobs == finish.commitments == ()
+    assert finish.prompt_ids == tuple(toy_backend._encode(PROMPT))
 
 
 def test_context_overflow_is_not_retryable(toy_backend: TransformersBackend) -> None:
@@ -215,7 +220,8 @@ def test_concurrent_generations_are_serialized_and_correct(
 
     a, b = asyncio.run(main())
     assert [c.token_id for c in a[:-1]] == [c.token_id for c in b[:-1]]
-    assert a[-1] == b[-1] == Finish(finish_reason="length", completion_tokens=6)
+    assert a[-1] == b[-1]  # verification data included: the same tokens, logprobs, commitments
+    assert (a[-1].finish_reason, a[-1].completion_tokens) == ("length", 6)
 
 
 def test_unknown_model_path_is_a_backend_error(tmp_path: Path) -> None:
@@ -229,3 +235,40 @@ def test_close_then_generate_fails(toy_model_dir: Path) -> None:
     asyncio.run(backend.close())
     with pytest.raises(BackendError):
         asyncio.run(_collect(backend, _request(max_tokens=2)))
+
+
+def test_finish_carries_verification_data(toy_backend: TransformersBackend) -> None:
+    chunks, finish = run(toy_backend, max_tokens=40, temperature=1.0, seed=21, logprobs=True)
+    n = len(chunks)
+    assert finish.prompt_ids == tuple(
+        toy_backend._tokenizer.encode(PROMPT, add_special_tokens=False)
+    )
+    assert finish.output_ids == tuple(c.token_id for c in chunks)
+    assert finish.logprobs is not None and len(finish.logprobs) == n == finish.completion_tokens
+    # the same numbers the client saw (streamed logprobs are float32 values too)
+    assert finish.logprobs == pytest.approx([c.logprob for c in chunks], abs=1e-6)
+    assert all(-1e9 <= lp <= 0.0 for lp in finish.logprobs)
+    assert finish.commitments is not None
+    assert len(finish.commitments) == math.ceil(n / 32)
+    assert all(len(c) == 258 for c in finish.commitments)
+
+
+def test_logprobs_are_collected_even_when_not_requested(toy_backend: TransformersBackend) -> None:
+    quiet, finish = run(toy_backend, max_tokens=33, temperature=0)
+    asked, asked_finish = run(toy_backend, max_tokens=33, temperature=0, logprobs=True)
+    assert all(c.logprob is None for c in quiet)
+    assert finish.logprobs == asked_finish.logprobs
+    assert finish.logprobs == pytest.approx([c.logprob for c in asked], abs=1e-6)
+    assert finish.commitments is not None and len(finish.commitments) == 2  # 32 + 1 tokens
+
+
+def test_commitments_can_be_turned_off(toy_model_dir: Path) -> None:
+    on = TransformersBackend(str(toy_model_dir), device="cpu")
+    off = TransformersBackend(str(toy_model_dir), device="cpu", commitments=False)
+    chunks_on, finish_on = run(on, max_tokens=10, temperature=1.0, seed=5)
+    chunks_off, finish_off = run(off, max_tokens=10, temperature=1.0, seed=5)
+    assert finish_off.commitments is None
+    assert finish_on.commitments is not None and len(finish_on.commitments) == 1
+    assert chunks_on == chunks_off
+    assert finish_off.output_ids == finish_on.output_ids
+    assert finish_off.logprobs == finish_on.logprobs

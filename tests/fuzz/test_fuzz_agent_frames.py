@@ -30,7 +30,9 @@ from rigpool.protocol.messages import Capabilities, ModelOffer
 CAPS = Capabilities(
     backend="emulated", emulated=True, models=[ModelOffer(name=TOY_MODEL_NAME, context_length=2048)]
 )
-FRAME_TYPES = ["hello", "heartbeat", "token", "done", "error", "sealed", "generate", "", "x"]
+FRAME_TYPES = [
+    "hello", "heartbeat", "token", "done", "error", "sealed", "generate", "attest_data", "", "x"
+]  # fmt: skip
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
@@ -57,6 +59,11 @@ near_valid = st.fixed_dictionaries(
         "seq": st.integers() | json_values,
         "mac": st.text(max_size=40),
         "body": st.text(max_size=200),
+        "challenge_id": st.text(max_size=80) | json_values,
+        "round": st.sampled_from(["reply", "answer", "x"]) | json_values,
+        "part": st.integers() | json_values,
+        "parts": st.integers() | json_values,
+        "data": st.text(max_size=300) | json_values,
     },
 )
 

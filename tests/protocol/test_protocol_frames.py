@@ -6,8 +6,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rigpool.protocol.messages import (
+    MAX_ATTEST_PART_CHARS,
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
+    AttestChallenge,
+    AttestData,
+    AttestProbe,
     Capabilities,
     Generate,
     Heartbeat,
@@ -42,6 +46,22 @@ def test_frames_round_trip():
     assert decode_agent_frame(encode(frame)) == frame
     gen = Generate(request_id="r1", model="m", prompt="p")
     assert decode_coordinator_frame(encode(gen)) == gen
+
+
+def test_attestation_frames_round_trip():
+    challenge = AttestChallenge(challenge={"challenge_id": "c1", "seed": 7, "limit_s": 8.5})
+    assert decode_coordinator_frame(encode(challenge)) == challenge
+    probe = AttestProbe(challenge_id="c1", probe={"products": [3], "chunks": [[1, 2]]})
+    assert decode_coordinator_frame(encode(probe)) == probe
+    piece = AttestData(challenge_id="c1", round="answer", part=1, parts=3, data="x" * 100)
+    assert decode_agent_frame(encode(piece)) == piece
+    error = AttestData(challenge_id="c1", round="reply", error="cannot hold the buffer")
+    assert decode_agent_frame(encode(error)) == error
+    # A full piece of base64 data stays under the frame limit (sealing adds little: no escapes).
+    full = AttestData(challenge_id="c1", round="answer", data="A" * MAX_ATTEST_PART_CHARS)
+    assert len(encode(full)) < MAX_FRAME_BYTES
+    with pytest.raises(ProtocolError):
+        decode_agent_frame(encode(full).replace('"answer"', '"guess"'))
 
 
 def test_unknown_fields_are_ignored_so_newer_peers_stay_compatible():

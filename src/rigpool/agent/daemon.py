@@ -9,6 +9,7 @@ thundering herd of agents reconnecting in the same millisecond.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -22,12 +23,17 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from rigpool.agent.attest import Attester
 from rigpool.agent.backends.base import Backend, Finish, GenerationRequest, SamplingParams
 from rigpool.core.errors import BackendError
 from rigpool.protocol.channel import Sealer, agent_session_key
 from rigpool.protocol.messages import (
     MAX_FRAME_BYTES,
+    MAX_VERIFIED_TOKENS,
     RECEIPT_AGENT_DOMAIN,
+    AttestChallenge,
+    AttestData,
+    AttestProbe,
     Cancel,
     Capabilities,
     Done,
@@ -46,6 +52,7 @@ from rigpool.protocol.messages import (
     encode,
 )
 from rigpool.protocol.signing import Identity, canonical_bytes, new_nonce
+from rigpool.trust.evidence import claimed_sampling, provider_statement
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +129,9 @@ class Agent:
         #: recently finished requests -> tokens produced (what receipts may be signed for)
         self._served: OrderedDict[str, int] = OrderedDict()
         self.drain_timeout_s = 30.0
+        #: attestation challenges run on the backend's device (agent/attest.py)
+        self._attester = Attester(str(getattr(backend, "device", "auto")))
+        self._attest_tasks: set[asyncio.Task[None]] = set()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -129,6 +139,8 @@ class Agent:
     async def run_forever(self) -> None:
         """Connect, serve, reconnect with backoff; return when stopped, raise when refused."""
         backoff = Backoff()
+        if not self.capabilities.emulated:
+            await self._attester.warm_up()  # torch and the device context, off the clock
         while not self._stopping.is_set():
             try:
                 async with connect(
@@ -153,7 +165,7 @@ class Agent:
     async def _send(
         self,
         ws: ClientConnection,
-        frame: Token | Done | Error | Heartbeat | Hello | ReceiptSignature,
+        frame: Token | Done | Error | Heartbeat | Hello | ReceiptSignature | AttestData,
     ) -> None:
         text = encode(frame)
         async with self._send_lock:
@@ -226,6 +238,12 @@ class Agent:
                     task.add_done_callback(self._forget_task(frame.request_id))
                 elif isinstance(frame, SignReceipt):
                     await self._send(ws, self._receipt_signature(frame))
+                elif isinstance(frame, AttestChallenge | AttestProbe):
+                    self._attest(ws, frame)
+                elif isinstance(frame, Refused):  # e.g. a failed attestation
+                    if frame.retry:
+                        raise ConnectionClosed(None, None)
+                    raise AgentRefused(f"coordinator refused this agent: {frame.reason}")
                 elif isinstance(frame, Cancel):
                     running = self._tasks.get(frame.request_id)
                     if running is not None:
@@ -235,7 +253,26 @@ class Agent:
             stop_wait.cancel()
             for task in list(self._tasks.values()):
                 task.cancel()
+            for attest_task in list(self._attest_tasks):
+                attest_task.cancel()
+            self._attester.release_soon()
             self.on_status("disconnected from coordinator")
+
+    def _attest(self, ws: ClientConnection, frame: AttestChallenge | AttestProbe) -> None:
+        """Answer a challenge or probe from the attestation worker thread, then send it."""
+
+        async def work() -> None:
+            if isinstance(frame, AttestChallenge):
+                frames = await self._attester.reply(frame.challenge)
+            else:
+                frames = await self._attester.answer(frame.challenge_id, frame.probe)
+            with contextlib.suppress(ConnectionClosed):
+                for data in frames:
+                    await self._send(ws, data)
+
+        task = asyncio.create_task(work())
+        self._attest_tasks.add(task)
+        task.add_done_callback(self._attest_tasks.discard)
 
     def _receipt_signature(self, frame: SignReceipt) -> ReceiptSignature:
         """Sign a receipt only for work this agent did, naming it, at its own posted price."""
@@ -259,6 +296,47 @@ class Agent:
         signature = self.identity.sign(RECEIPT_AGENT_DOMAIN + frame.body.encode())
         return ReceiptSignature(attempt_id=frame.attempt_id, signature=signature)
 
+    def _done(self, frame: Generate, finish: Finish) -> Done:
+        """The closing frame, with the signed verification data when the backend has it.
+
+        The agent signs `provider_statement` over exactly what it reports (token ids, logprobs,
+        commitments, its token count), so a validator's evidence against it can only ever use
+        output this agent really returned (docs/trust.md).
+        """
+        done = Done(
+            request_id=frame.request_id,
+            finish_reason="length" if finish.finish_reason == "length" else "stop",
+            completion_tokens_claimed=finish.completion_tokens,
+        )
+        if finish.prompt_ids is None or finish.output_ids is None:
+            return done
+        if max(len(finish.prompt_ids), len(finish.output_ids)) > MAX_VERIFIED_TOKENS:
+            return done  # too long to carry in one frame: served unverifiable
+        logprobs = None if finish.logprobs is None else [round(x, 6) for x in finish.logprobs]
+        commitments = None if finish.commitments is None else list(finish.commitments)
+        statement = provider_statement(
+            request_id=frame.request_id,
+            model=frame.model,
+            prompt_ids=finish.prompt_ids,
+            output_ids=finish.output_ids,
+            sampling=claimed_sampling(frame.sampling),
+            logprobs=logprobs,
+            commitments=commitments,
+            prompt_tokens=len(finish.prompt_ids),
+            completion_tokens=finish.completion_tokens,
+        )
+        return done.model_copy(
+            update={
+                "prompt_ids": list(finish.prompt_ids),
+                "output_ids": list(finish.output_ids),
+                "logprobs": logprobs,
+                "commitments": None
+                if commitments is None
+                else [base64.b64encode(c).decode() for c in commitments],
+                "statement_signature": self.identity.sign(statement),
+            }
+        )
+
     def _forget_task(self, request_id: str) -> Callable[[asyncio.Task[None]], None]:
         def forget(_task: asyncio.Task[None]) -> None:
             self._tasks.pop(request_id, None)
@@ -268,7 +346,14 @@ class Agent:
     async def _heartbeats(self, ws: ClientConnection, interval_s: float) -> None:
         with contextlib.suppress(ConnectionClosed, asyncio.CancelledError):
             while True:
-                await self._send(ws, Heartbeat(active=len(self._tasks), draining=self._draining))
+                await self._send(
+                    ws,
+                    Heartbeat(
+                        active=len(self._tasks),
+                        draining=self._draining,
+                        vram_free_mb=self._attester.vram_free_mb(),
+                    ),
+                )
                 await asyncio.sleep(interval_s)
 
     async def _run(self, ws: ClientConnection, frame: Generate) -> None:
@@ -297,16 +382,7 @@ class Agent:
                             self._served[frame.request_id] = index
                             while len(self._served) > SERVED_MEMORY:
                                 self._served.popitem(last=False)
-                            await self._send(
-                                ws,
-                                Done(
-                                    request_id=frame.request_id,
-                                    finish_reason="length"
-                                    if item.finish_reason == "length"
-                                    else "stop",
-                                    completion_tokens_claimed=item.completion_tokens,
-                                ),
-                            )
+                            await self._send(ws, self._done(frame, item))
                             return
                         await self._send(
                             ws,

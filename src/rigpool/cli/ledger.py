@@ -84,13 +84,30 @@ def audit(
 ) -> None:
     """Check every ledger invariant; exit 1 and say what is wrong when one fails."""
     from rigpool.ledger.audit import audit as run_audit
+    from rigpool.ledger.audit import slashes
 
     wants_chain = coordinator_key or chain_journal or rpc_url
     chain = _chain(coordinator_key, chain_journal, rpc_url, mint) if wants_chain else None
-    problems = run_audit(_ledger(db), chain)
+    ledger = _ledger(db)
+    problems = run_audit(ledger, chain)
+    penalties = slashes(ledger)
+    if penalties:
+        table = Table(title=f"slashes ({len(penalties)})")
+        for column in ("id", "provider", "amount", "to consumer", "reason", "evidence"):
+            table.add_column(column)
+        for row in penalties:
+            table.add_row(
+                str(row["id"]),
+                row["provider"],
+                str(row["amount"]),
+                str(row["consumer_share"]),
+                row["reason"],
+                row["evidence_ref"][:23],
+            )
+        console.print(table)
     if problems:
-        for p in problems:
-            err.print(f"[red]✗[/red] {p}")
+        for problem in problems:
+            err.print(f"[red]✗[/red] {problem}")
         raise typer.Exit(1)
     console.print("[green]ledger audit clean[/green]" + (" (vault matches chain)" if chain else ""))
 

@@ -15,9 +15,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from rigpool.cli.evidence import evidence_app
 from rigpool.cli.fit import fit_command
 from rigpool.cli.ledger import ledger_app, receipt_app
 from rigpool.cli.simulate import simulate_command
+from rigpool.cli.validator import validator_app
 from rigpool.core.errors import RigpoolError
 
 app = typer.Typer(
@@ -364,6 +366,8 @@ app.command("fit")(fit_command)
 app.command("simulate")(simulate_command)
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(receipt_app, name="receipt")
+app.add_typer(validator_app, name="validator")
+app.add_typer(evidence_app, name="evidence")
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

@@ -9,7 +9,8 @@ from rich.table import Table
 
 def providers_table(providers: list[dict[str, Any]]) -> Table:
     table = Table(title=f"rigpool fleet: {len(providers)} provider(s)")
-    for column in ("id", "state", "backend", "GPUs", "models", "region", "load", "served"):
+    columns = ("id", "state", "attested", "backend", "GPUs", "models", "region", "load", "served")
+    for column in columns:
         table.add_column(column)
     for p in providers:
         gpus = (
@@ -21,9 +22,11 @@ def providers_table(providers: list[dict[str, Any]]) -> Table:
             or "none (CPU)"
         )
         load = p["load"]
+        colour = {"online": "[green]", "attesting": "[yellow]"}.get(p["state"], "[red]")
         table.add_row(
             p["id"][:10] + "…",
-            ("[green]" if p["state"] == "online" else "[red]") + p["state"],
+            colour + p["state"],
+            (p.get("attestation") or {}).get("status", "-"),
             p["backend"],
             gpus,
             ", ".join(p["models"]),

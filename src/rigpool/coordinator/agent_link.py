@@ -3,8 +3,10 @@
 Life of a connection: the agent sends a signed `hello` within a few seconds; the coordinator checks
 the protocol version, the timestamp window, the signature and the nonce (replays refused, durable
 across restarts), keeps the registered models of the offer and answers `welcome`. From then on
-the agent sends heartbeats and request frames. A frame that is not valid protocol is logged and,
-past a few, ends the session: its requests fail with a retryable error and move elsewhere.
+the agent sends heartbeats and request frames; it becomes routable once its attestation admits
+it (`attest_link`: at once for emulated agents, after a challenge for the others). A frame
+that is not valid protocol is logged and, past a few, ends the session: its requests fail with
+a retryable error and move elsewhere.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ import time
 import base58
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from rigpool.coordinator import attest_link
 from rigpool.coordinator.hub import AgentSession
 from rigpool.coordinator.registry import provider_offline, provider_online, remember_nonce
 from rigpool.coordinator.state import CoordinatorState
 from rigpool.protocol.channel import Opener, coordinator_session_key, new_ephemeral
 from rigpool.protocol.messages import (
     PROTOCOL_VERSION,
+    AttestData,
     Heartbeat,
     Hello,
     ProtocolError,
@@ -59,7 +63,10 @@ def check_hello(state: CoordinatorState, hello: Hello, now: float) -> str | None
         )
     if not verify(hello.agent_id, canonical_bytes(hello), hello.signature):
         return "bad signature on hello"
-    # CPU-only agents can't be attested either: they count as unverified like emulated ones.
+    if hello.agent_id in state.banned:
+        return f"this provider was slashed and is expelled: {state.banned[hello.agent_id]}"
+    # Emulated and CPU-only agents can at best be unverified (attestation proves the work, not
+    # a GPU): where that is not allowed, refuse them before spending a challenge on them.
     unverified = hello.capabilities.emulated or not hello.capabilities.gpus
     if unverified and not settings.allow_unverified_agents:
         return "emulated/CPU agents are unverified and only allowed on a development network"
@@ -134,8 +141,10 @@ async def agent_connect(ws: WebSocket) -> None:
     replaced = state.hub.add(session)
     if replaced is not None:
         state.hub.remove(replaced, "agent reconnected elsewhere")
+        state.agent_left(frame.agent_id)  # the new session routes only once admitted
         await replaced.close()
-    state.agent_joined(session)
+    # In the hub (its frames arrive) but routable only once attestation admits it.
+    attestation = attest_link.start(state, session, frame.protocol_version)
     log.info("agent %s online: %s, models %s", frame.agent_id, frame.capabilities.backend, accepted)
     reason = "agent disconnected"
     try:
@@ -161,7 +170,12 @@ async def agent_connect(ws: WebSocket) -> None:
                 if msg.draining and not session.draining:
                     log.info("agent %s is draining", frame.agent_id)
                 session.draining = msg.draining
+                session.vram_free_mb = msg.vram_free_mb
+                session.heard.set()
                 state.agent_heartbeat(session)
+            elif isinstance(msg, AttestData):
+                if session.attest_inbox is not None:
+                    session.attest_inbox.add(msg)
             elif isinstance(msg, ReceiptSignature):
                 state.hub.deliver_receipt(session, msg)
             elif isinstance(msg, Hello):
@@ -173,6 +187,9 @@ async def agent_connect(ws: WebSocket) -> None:
     except (WebSocketDisconnect, RuntimeError):
         reason = "agent disconnected"
     finally:
+        if attestation is not None:
+            attestation.cancel()
+        reason = session.refused or reason
         state.hub.remove(session, reason)
         state.agent_left(frame.agent_id)
         log.info("agent %s offline: %s", frame.agent_id, reason)

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from rigpool import __version__
-from rigpool.coordinator import agent_link, fleet
+from rigpool.coordinator import agent_link, fleet, validator_api, verify_link
 from rigpool.coordinator.body_limit import BodyLimit
 from rigpool.coordinator.db import open_database
 from rigpool.coordinator.models import register_model
@@ -38,6 +38,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         log.info("coordinator up; models: %s", sorted(state.model_names()) or "none")
         yield
+        if state.verifier is not None:
+            await state.verifier.close()
         for session in list(state.hub.sessions.values()):
             state.hub.remove(session, "coordinator shutting down")
             await session.close()
@@ -66,5 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(chat_router.router)
     app.include_router(completions_router.router)
     app.include_router(fleet.router)
+    app.include_router(verify_link.router)
+    app.include_router(validator_api.router)
     app.include_router(agent_link.router)
     return app

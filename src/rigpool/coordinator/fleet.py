@@ -19,10 +19,13 @@ def fleet_view(state: CoordinatorState) -> list[dict[str, Any]]:
     for row in list_providers(state.db):
         live = state.hub.sessions.get(row.id)
         stats = state.router.stats(row.id)
+        attested = state.attestations.get(row.id)
+        indexed = state.fleet.get(row.id)
         out.append(
             {
                 "id": row.id,
-                "state": "online" if live else "offline",
+                # "attesting": connected, not routable until its attestation passes
+                "state": ("online" if live.admitted else "attesting") if live else "offline",
                 "backend": row.backend,
                 "emulated": row.emulated,
                 "region": row.region,
@@ -38,9 +41,13 @@ def fleet_view(state: CoordinatorState) -> list[dict[str, Any]]:
                     "reported_active": live.reported_active if live else 0,
                     "max_concurrency": live.capabilities.max_concurrency if live else 0,
                 },
+                # what the router reads (consensus of the validators), and each validator's score
+                "reputation": indexed.reputation if indexed else None,
+                "validator_scores": state.validators.scores_for(row.id),
                 "served": stats.completed,
                 "failed": stats.failures,
                 "agent_version": row.agent_version,
+                "attestation": attested.view() if attested else None,
             }
         )
     return out

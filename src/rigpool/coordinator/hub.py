@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+from rigpool.coordinator.attest_link import AttestationRecord, AttestInbox
 from rigpool.protocol.messages import (
     Cancel,
     Capabilities,
@@ -49,6 +50,18 @@ class AgentSession:
     garbage_frames: int = 0
     draining: bool = False
     receipts: dict[str, asyncio.Future[ReceiptSignature]] = field(default_factory=dict)
+    #: routable: attestation let it in (coordinator/attest_link.py) and it joined the fleet
+    admitted: bool = False
+    #: being re-attested: no new work goes to it
+    attesting: bool = False
+    attestation: AttestationRecord | None = None
+    #: the attestation round waiting for this agent's `attest_data` frames
+    attest_inbox: AttestInbox | None = None
+    #: set by the first heartbeat, which reports the VRAM its loaded model holds
+    heard: asyncio.Event = field(default_factory=asyncio.Event)
+    vram_free_mb: int | None = None
+    #: why the coordinator closed this session itself ("" when it did not)
+    refused: str = ""
 
     @property
     def active(self) -> int:
@@ -76,7 +89,9 @@ class Hub:
         session.streams.clear()
 
     def serving(self, model: str) -> list[AgentSession]:
-        return [s for s in self.sessions.values() if model in s.models and not s.draining]
+        return [
+            s for s in self.sessions.values() if model in s.models and s.admitted and not s.draining
+        ]
 
     def deliver(self, session: AgentSession, frame: Frame) -> None:
         """Route a frame from an agent to the request waiting for it (late frames are dropped)."""

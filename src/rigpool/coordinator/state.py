@@ -7,11 +7,14 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from rigpool.coordinator.attest_link import AttestBook
 from rigpool.coordinator.hub import AgentSession, Hub
 from rigpool.coordinator.models import list_models
 from rigpool.coordinator.settings import Settings
 from rigpool.coordinator.tables import Model
 from rigpool.coordinator.trust_link import ServiceBook
+from rigpool.coordinator.validators import ValidatorBoard
+from rigpool.coordinator.verify_link import Verifier
 from rigpool.gateway.billing import Billing, units
 from rigpool.gateway.ratelimit import RateLimiter
 from rigpool.hardware.catalog import match_nvml_name
@@ -21,6 +24,8 @@ from rigpool.scheduler.baselines import LeastLoaded, RandomChoice, RoundRobin
 from rigpool.scheduler.fleet import AgentRecord, FleetIndex
 from rigpool.scheduler.hedging import HedgePolicy
 from rigpool.scheduler.routing import Constraints, NoCandidate, Route, Router
+from rigpool.trust.evidence import SlashPolicy
+from rigpool.trust.sampling import SamplingPolicy
 
 
 @dataclass
@@ -38,16 +43,41 @@ class CoordinatorState:
     billing: Billing | None = None
     identity: Identity | None = None
     service: ServiceBook = field(default_factory=ServiceBook)
+    verifier: Verifier | None = None
+    #: providers refused at hello, with the reason (slashed for fraud)
+    banned: dict[str, str] = field(default_factory=dict)
+    validators: ValidatorBoard = field(init=False)
     #: (agent, model) -> posted price in base units per million tokens
     prices: dict[tuple[str, str], Price] = field(default_factory=dict)
+    #: agent -> its last attestation (coordinator/attest_link.py); in memory only
+    attestations: AttestBook = field(default_factory=AttestBook)
     _models: dict[str, Model] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.hedge = HedgePolicy(share=self.settings.hedge_share)
         self.service = ServiceBook(ttft_slo_s=self.settings.ttft_slo_s)
+        self.validators = ValidatorBoard.from_settings(self.settings, self.service)
         if self.settings.billing:
             self.billing = Billing(Ledger(self.db), self.settings.network_fee_bps)
+        if self.settings.billing or self.settings.verification:
+            # signs receipts and evidence records; owns the vault
             self.identity, _ = load_or_create_identity(self.settings.identity_path)
+        if self.settings.verification:
+            self.verifier = Verifier(
+                self.db,
+                self.identity,
+                self.billing.ledger if self.billing is not None else None,
+                dtype=self.settings.verification_dtype,
+                policy=SamplingPolicy(
+                    floor=self.settings.check_rate_floor,
+                    cap=max(self.settings.check_rate_cap, self.settings.check_rate_floor),
+                ),
+                slash_policy=SlashPolicy(min_records=self.settings.slash_min_records),
+                queue_size=self.settings.verification_queue,
+                token_window=self.settings.token_test_window,
+            )
+            self.verifier.on_checked = lambda agent, ok: self.observed(agent, ok=True, check=ok)
+            self.verifier.on_slashed = self.expel
         self.limiter = RateLimiter(
             self.settings.rate_limit_per_min,
             self.settings.rate_limit_burst,
@@ -103,7 +133,7 @@ class CoordinatorState:
                 session.agent_id,
                 time.monotonic(),
                 outstanding=session.reported_active,
-                healthy=not session.draining,
+                healthy=not (session.draining or session.attesting),
             )
 
     def observed(
@@ -115,16 +145,26 @@ class CoordinatorState:
         else:
             self.service.checked(agent_id, passed=check)
         if agent_id in self.fleet:
-            self.fleet.heartbeat(
-                agent_id, time.monotonic(), reputation=self.reputation(agent_id)
-            )
+            self.fleet.heartbeat(agent_id, time.monotonic(), reputation=self.reputation(agent_id))
 
     def reputation(self, agent_id: str) -> float:
         """The provider's reputation in [0, 1], as the router reads it from the fleet index."""
-        return self.service.score(agent_id)
+        return self.validators.consensus(agent_id)
+
+    async def expel(self, agent_id: str, reason: str) -> None:
+        """Take a provider off the network (slashed): no new work, its session closed."""
+        self.banned[agent_id] = reason
+        if agent_id in self.fleet:
+            self.fleet.leave(agent_id)
+        session = self.hub.sessions.get(agent_id)
+        if session is not None:
+            self.hub.remove(session, f"provider expelled: {reason}")
+            await session.close()
 
     def agent_left(self, agent_id: str) -> None:
-        if agent_id not in self.hub.sessions:
+        """Out of routing, unless the agent's current session is (still) admitted."""
+        current = self.hub.sessions.get(agent_id)
+        if current is None or not current.admitted:
             self.service.left(agent_id)
             self.fleet.leave(agent_id)
             self.hedge.forget(agent_id)

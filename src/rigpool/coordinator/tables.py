@@ -121,3 +121,6 @@ class Evidence(Base):
     record_hash: Mapped[str] = mapped_column(String(64), unique=True)
     record: Mapped[dict[str, Any]] = mapped_column(JSON)
     created: Mapped[datetime] = mapped_column(DateTime)
+    #: the ledger slash this record was counted in (`trust.evidence.evidence_ref`); None while
+    #: the record still waits for enough independent evidence
+    slash_ref: Mapped[str | None] = mapped_column(String(80), nullable=True, index=True)

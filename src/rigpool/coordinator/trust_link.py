@@ -25,6 +25,8 @@ class _Observed:
     ttft_misses: int = 0
     checks: int = 0
     checks_passed: int = 0
+    #: bumped on every change, so a cached consensus knows when this record moved
+    revision: int = 0
 
 
 @dataclass
@@ -42,6 +44,7 @@ class ServiceBook:
         now = time.monotonic() if now is None else now
         seen = self._get(agent_id, now)
         seen.online_since = seen.online_since or now
+        seen.revision += 1
 
     def left(self, agent_id: str, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
@@ -49,10 +52,12 @@ class ServiceBook:
         if seen is not None and seen.online_since is not None:
             seen.online_s += now - seen.online_since
             seen.online_since = None
+            seen.revision += 1
 
     def served(self, agent_id: str, *, ok: bool, ttft_s: float | None = None) -> None:
         seen = self._get(agent_id, time.monotonic())
         seen.requests += 1
+        seen.revision += 1
         if not ok:
             seen.drops += 1
         elif ttft_s is not None and ttft_s > self.ttft_slo_s:
@@ -62,6 +67,7 @@ class ServiceBook:
         seen = self._get(agent_id, time.monotonic())
         seen.checks += 1
         seen.checks_passed += int(passed)
+        seen.revision += 1
 
     def record(self, agent_id: str, now: float | None = None) -> ProviderRecord:
         now = time.monotonic() if now is None else now
@@ -78,4 +84,17 @@ class ServiceBook:
         )
 
     def score(self, agent_id: str) -> float:
+        if agent_id not in self._seen:  # the prior, without starting a record for a stranger
+            return provider_score(ProviderRecord())
         return provider_score(self.record(agent_id))
+
+    def __contains__(self, agent_id: object) -> bool:
+        return agent_id in self._seen
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def revision(self, agent_id: str) -> int | None:
+        """A counter that moves whenever the agent's record does (None: never seen)."""
+        seen = self._seen.get(agent_id)
+        return None if seen is None else seen.revision

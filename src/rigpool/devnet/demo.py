@@ -173,6 +173,20 @@ def money_table(epoch: EpochSummary, fleet: list[dict[str, Any]]) -> Table:
     return table
 
 
+def verification_line(trust: dict[str, Any]) -> str:
+    """One line on the sampled teacher-forced checks of the run (docs/trust.md)."""
+    if not trust.get("verification"):
+        return "verification: off"
+    rows = trust.get("providers", {}).values()
+    total = {k: sum(int(r.get(k, 0)) for r in rows) for k in ("checked", "passed", "failed")}
+    unverifiable = sum(int(r.get("unverifiable", 0)) for r in rows)
+    return (
+        f"verification: {total['checked']} request(s) re-checked by the validator, "
+        f"{total['passed']} passed, {total['failed']} failed; {unverifiable} selected on "
+        "emulated agents (no model output to check)"
+    )
+
+
 def run_demo(
     console: Console,
     *,
@@ -213,9 +227,12 @@ def run_demo(
         wall = time.perf_counter() - start
         fleet = net.providers_view()
         database_url = net.database_url
+        trust = net.trust_view()
     summary = summarise(outcomes, wall)
     for table in report_tables(summary, fleet):
         console.print(table)
+    summary["verification"] = trust
+    console.print(verification_line(trust))
     with console.status("settling the epoch on the embedded Solana chain ..."):
         epoch = settle_local_network(workdir, database_url, "demo-epoch-1")
     console.print(money_table(epoch, fleet))

@@ -187,6 +187,15 @@ class LocalNetwork:
         body = self._get("/v1/providers")
         return list(body["data"]) if body else []
 
+    def trust_view(self) -> dict[str, Any]:
+        """`GET /v1/trust`, after the checks still queued have run (bounded wait)."""
+        deadline = time.monotonic() + 30
+        body = self._get("/v1/trust") or {}
+        while time.monotonic() < deadline and body.get("queued"):
+            time.sleep(0.2)
+            body = self._get("/v1/trust") or {}
+        return body
+
     def online_providers(self) -> int:
         return sum(1 for p in self.providers_view() if p["state"] == "online")
 

@@ -8,13 +8,14 @@ failover issue continues such streams on another replica.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
-import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +24,8 @@ from sqlalchemy.exc import IntegrityError
 
 from rigpool.coordinator.hub import AgentSession, Frame
 from rigpool.coordinator.state import CoordinatorState
-from rigpool.coordinator.tables import Evidence, Model, RequestRecord
+from rigpool.coordinator.tables import Model, RequestRecord
+from rigpool.coordinator.verify_link import LiveClaim, store_evidence
 from rigpool.core.errors import (
     BackendError,
     BadRequest,
@@ -39,8 +41,9 @@ from rigpool.gateway.tokenization import ModelTokenizer, load_tokenizer
 from rigpool.ledger import Ledger, ReceiptBody, countersign
 from rigpool.protocol.messages import Done, Error, Generate, Sampling, Token
 from rigpool.scheduler.routing import Constraints, NoCandidate
-from rigpool.trust.evidence import metering_evidence
+from rigpool.trust.evidence import claimed_sampling, metering_evidence
 from rigpool.trust.metering import MeteringPolicy, MeterReading, compare
+from rigpool.trust.verification import ProviderClaim
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,12 @@ class Job:
     charged: int = 0
     fee: int = 0
     attempt_id: str | None = None
+    #: the finishing agent's `done` frame (its token claim and verification data)
+    done: Done | None = None
+    #: tokens the finishing attempt continued from (0 unless a failover continued the stream)
+    attempt_offset: int = 0
+    #: the agent's token claim became metering evidence
+    metering_evidence: bool = False
 
     @property
     def output(self) -> str:
@@ -259,19 +268,90 @@ def check_metering(state: CoordinatorState, job: Job) -> None:
     state.observed(job.provider_id, ok=True, check=not inflated)
     if not inflated or state.identity is None:
         return
-    record = metering_evidence(reading=reading, provider_signature="", coordinator=state.identity)
-    log.warning("metering evidence against %s: %s", job.provider_id, record.record_hash)
-    with state.db.begin() as session:
-        session.add(
-            Evidence(
-                provider=job.provider_id,
-                kind=record.kind,
-                request_id=job.request_id,
-                record_hash=record.record_hash,
-                record=json.loads(record.to_json()),
-                created=_utcnow(),
-            )
+    done = job.done
+    signed = done is not None and bool(done.statement_signature) and done.output_ids is not None
+    if signed and done is not None and job.attempt_id is not None:
+        # The agent's signed statement makes the record provable by anyone: it names the
+        # attempt, the agent's own prompt/output ids and its claim.
+        reading = replace(
+            reading,
+            request_id=job.attempt_id,
+            claimed_prompt_tokens=len(done.prompt_ids or []),
         )
+    record = metering_evidence(
+        reading=reading,
+        provider_signature=done.statement_signature if signed and done else "",
+        coordinator=state.identity,
+        prompt_ids=done.prompt_ids if signed and done else None,
+        output_ids=done.output_ids if signed and done else None,
+        sampling=claimed_sampling(job.sampling) if signed else None,
+        logprobs=done.logprobs if signed and done else None,
+        commitments=_commitments(done) if signed and done else None,
+    )
+    log.warning("metering evidence against %s: %s", job.provider_id, record.record_hash)
+    store_evidence(state.db, record)
+    job.metering_evidence = True
+
+
+def _commitments(done: Done) -> list[bytes] | None:
+    if done.commitments is None:
+        return None
+    try:
+        return [base64.b64decode(c, validate=True) for c in done.commitments]
+    except (binascii.Error, ValueError):
+        return None
+
+
+def live_claim(state: CoordinatorState, job: Job) -> LiveClaim | None:
+    """What the verifier needs to re-check the job, or None when the agent sent no data.
+
+    Only a request served whole by one agent is checked (a failover continuation was generated
+    from a prompt the client never sent); the claim must match what the gateway streamed and
+    its own tokenisation of the prompt.
+    """
+    done = job.done
+    if (
+        done is None
+        or job.provider_id is None
+        or job.attempt_id is None
+        or job.attempt_offset
+        or done.prompt_ids is None
+        or done.output_ids is None
+        or not done.statement_signature
+    ):
+        return None
+    commitments = _commitments(done)
+    mismatch = ""
+    streamed = [t.token_id for t in job.tokens]
+    if streamed != done.output_ids[: len(streamed)] or len(done.output_ids) > len(streamed) + 1:
+        mismatch = "claimed output ids differ from the streamed tokens"
+    elif job.tokenizer.encode(job.prompt) not in ([], done.prompt_ids):
+        mismatch = "claimed prompt ids are not the gateway's tokenisation of the prompt"
+    elif done.commitments is not None and commitments is None:
+        mismatch = "malformed commitments"
+    elif done.logprobs is not None and len(done.logprobs) != len(done.output_ids):
+        mismatch = "logprob count differs from the output"
+    return LiveClaim(
+        provider=job.provider_id,
+        request_id=job.attempt_id,
+        consumer=job.consumer,
+        model=job.model.name,
+        model_path=job.model.path,
+        claim=ProviderClaim(
+            model=job.model.name,
+            prompt_ids=tuple(done.prompt_ids),
+            output_ids=tuple(done.output_ids),
+            sampling=claimed_sampling(job.sampling),
+            logprobs=None if done.logprobs is None else tuple(done.logprobs),
+            commitments=None if commitments is None else tuple(commitments),
+        ),
+        signature=done.statement_signature,
+        prompt_text=job.prompt,
+        output_text=job.output,
+        prompt_tokens=len(done.prompt_ids),
+        completion_tokens=done.completion_tokens_claimed,
+        mismatch=mismatch,
+    )
 
 
 def finish_record(
@@ -316,6 +396,7 @@ class _Attempt:
     frames: AsyncGenerator[Frame, None]
     started: float
     attempt_id: str
+    offset: int = 0
     next_frame: asyncio.Task[Frame] | None = None
 
     def pull(self) -> asyncio.Task[Frame]:
@@ -382,6 +463,7 @@ class _Dispatcher:
             self.state.hub.stream(session, request),
             time.monotonic(),
             request.request_id,
+            offset=delivered,
         )
 
     def _gave_up(self) -> RigpoolError:
@@ -485,6 +567,7 @@ class _Dispatcher:
             agent_id = attempt.session.agent_id
             job.provider_id = agent_id
             job.attempt_id = attempt.attempt_id
+            job.attempt_offset = attempt.offset
             first_s = time.monotonic() - attempt.started
             state.router.on_first_token(agent_id, first_s, time.monotonic())
             state.hedge.observe_ttft(agent_id, first_s, time.monotonic())
@@ -496,6 +579,7 @@ class _Dispatcher:
             try:
                 while True:
                     if isinstance(frame, Done):
+                        job.done = frame
                         job.finish_reason = frame.finish_reason
                         job.claimed_tokens = (job.claimed_tokens or 0) + (
                             frame.completion_tokens_claimed
@@ -519,6 +603,7 @@ class _Dispatcher:
                         with contextlib.suppress(Exception):
                             done = await asyncio.wait_for(anext(attempt.frames), 0.5)
                             if isinstance(done, Done):
+                                job.done = done
                                 job.claimed_tokens = (job.claimed_tokens or 0) + (
                                     done.completion_tokens_claimed
                                 )

@@ -28,6 +28,7 @@ from rigpool.gateway.generation import (
     collect_receipt,
     finish_record,
     generate,
+    live_claim,
     open_hold,
 )
 from rigpool.protocol.messages import Token
@@ -93,6 +94,7 @@ async def _serve_plain(state: CoordinatorState, job: Job, formatter: Formatter) 
     body = formatter.response(job, usage_of(job))
     await asyncio.to_thread(finish_record, state, job, error=None, response=body)
     _background_receipt(state, job)
+    _maybe_verify(state, job)
     return JSONResponse(body, headers={"X-Request-Id": job.request_id})
 
 
@@ -162,11 +164,22 @@ async def _finish_stream(
     await asyncio.to_thread(finish_record, state, job, error=error, response=None)
     if error is None:
         _background_receipt(state, job)
+        _maybe_verify(state, job)
 
 
 def _background_receipt(state: CoordinatorState, job: Job) -> None:
     if job.charged:
         _spawn(collect_receipt(state, job))
+
+
+def _maybe_verify(state: CoordinatorState, job: Job) -> None:
+    """Offer a served request to the verifier, which samples it by the provider's check rate."""
+    if state.verifier is not None and job.provider_id is not None:
+        state.verifier.consider(
+            job.provider_id,
+            live_claim(state, job),
+            metering_evidence=job.consumer if job.metering_evidence else None,
+        )
 
 
 def _usage_chunk(formatter: Formatter, job: Job) -> dict[str, Any]:

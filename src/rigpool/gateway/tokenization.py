@@ -63,6 +63,10 @@ class ModelTokenizer:
             return 0
         return len(self._tok.encode(text, add_special_tokens=False).ids)
 
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text` without special tokens (what an agent feeds its model)."""
+        return list(self._tok.encode(text, add_special_tokens=False).ids) if text else []
+
     def render_chat(self, messages: list[dict[str, str]]) -> str:
         try:
             return self._template.render(

@@ -22,6 +22,7 @@ from rigpool.ledger.tables import (
     Hold,
     Payout,
     Posting,
+    Slash,
     Unbonding,
 )
 
@@ -30,6 +31,52 @@ K = AccountKind
 
 def _pairs(rows: Iterable[Any]) -> dict[Any, Any]:
     return {k: v for k, v in rows}
+
+
+def _slash_problems(s: Any, accounts: dict[int, Account]) -> list[str]:
+    """Every slash moved exactly its amount out of the provider's stake, and nowhere else."""
+    problems: list[str] = []
+    for slash in s.scalars(select(Slash)):
+        legs = s.execute(
+            select(Posting.account_id, Posting.amount).where(Posting.tx_id == slash.journal_tx_id)
+        ).all()
+        taken = -sum(
+            amount
+            for aid, amount in legs
+            if accounts[aid].owner == slash.provider
+            and accounts[aid].kind in (K.PROVIDER_STAKE, K.PROVIDER_UNBONDING)
+        )
+        to_consumer = sum(
+            amount
+            for aid, amount in legs
+            if accounts[aid].kind == K.CONSUMER and accounts[aid].owner == slash.consumer
+        )
+        if taken != slash.amount or to_consumer != slash.consumer_share:
+            problems.append(
+                f"slash {slash.id} of {slash.provider} records {slash.amount} "
+                f"({slash.consumer_share} to the consumer) but its postings take {taken} "
+                f"({to_consumer} to the consumer)"
+            )
+        if not slash.evidence_ref.strip():
+            problems.append(f"slash {slash.id} of {slash.provider} names no evidence")
+    return problems
+
+
+def slashes(ledger: Ledger) -> list[dict[str, Any]]:
+    """Every slash, oldest first: who, how much, why, and the evidence it rests on."""
+    with ledger.sessions() as s:
+        return [
+            {
+                "id": row.id,
+                "provider": row.provider,
+                "amount": row.amount,
+                "consumer_share": row.consumer_share,
+                "reason": row.reason,
+                "evidence_ref": row.evidence_ref,
+                "created": row.created.isoformat(),
+            }
+            for row in s.scalars(select(Slash).order_by(Slash.id))
+        ]
 
 
 def audit(ledger: Ledger, chain: Chain | None = None) -> list[str]:
@@ -103,6 +150,7 @@ def audit(ledger: Ledger, chain: Chain | None = None) -> list[str]:
                 f"the vault should hold deposits {deposited} - payouts {paid} = {deposited - paid}"
                 f", but the external account says {-external}"
             )
+        problems.extend(_slash_problems(s, accounts))
         in_flight = int(
             s.scalar(select(func.count(ChainTx.id)).where(ChainTx.state == "prepared")) or 0
         )

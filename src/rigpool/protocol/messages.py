@@ -10,7 +10,7 @@ Frames are JSON objects with a `type` discriminator, one per WebSocket text mess
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
@@ -201,12 +201,54 @@ class Error(_Frame):
     retryable: bool = True
 
 
+#: largest `AttestData.data` piece: with the frame's own fields and the JSON escaping of the
+#: sealed envelope it stays well under MAX_FRAME_BYTES (attestation answers run to megabytes)
+MAX_ATTEST_PART_CHARS = 512 * 1024
+
+
+class AttestChallenge(_Frame):
+    """1.4, coordinator -> agent: an attestation challenge (`trust.attestation.Challenge` fields).
+
+    The agent runs it on its device and answers with `attest_data` frames (round "reply");
+    see docs/trust.md, "Attestation".
+    """
+
+    type: Literal["attest_challenge"] = "attest_challenge"
+    challenge: dict[str, Any]
+
+
+class AttestProbe(_Frame):
+    """1.4, coordinator -> agent: round 2, what to open from the buffer still held (`Probe`)."""
+
+    type: Literal["attest_probe"] = "attest_probe"
+    challenge_id: str = Field(max_length=64)
+    probe: dict[str, Any]
+
+
+class AttestData(_Frame):
+    """1.4, agent -> coordinator: one piece of a reply or probe answer, or why there is none.
+
+    A round's answer (`trust.attestation_wire` JSON) is split into `parts` pieces that the
+    coordinator joins in `part` order; `error` set (with `parts` 1 and empty `data`) means the
+    agent could not do the work (no torch, not enough memory, past the deadline).
+    """
+
+    type: Literal["attest_data"] = "attest_data"
+    challenge_id: str = Field(max_length=64)
+    round: Literal["reply", "answer"]
+    part: int = Field(default=0, ge=0)
+    parts: int = Field(default=1, ge=1, le=4096)
+    data: str = Field(default="", max_length=MAX_ATTEST_PART_CHARS)
+    error: str = Field(default="", max_length=2048)
+
+
 AgentFrame = Annotated[
-    Hello | Heartbeat | Token | Done | Error | Sealed | ReceiptSignature,
+    Hello | Heartbeat | Token | Done | Error | Sealed | ReceiptSignature | AttestData,
     Field(discriminator="type"),
 ]
 CoordinatorFrame = Annotated[
-    Welcome | Refused | Generate | Cancel | SignReceipt, Field(discriminator="type")
+    Welcome | Refused | Generate | Cancel | SignReceipt | AttestChallenge | AttestProbe,
+    Field(discriminator="type"),
 ]
 
 
@@ -229,7 +271,7 @@ def _check_size(raw: str | bytes) -> None:
 
 def decode_agent_frame(
     raw: str | bytes,
-) -> Hello | Heartbeat | Token | Done | Error | Sealed | ReceiptSignature:
+) -> Hello | Heartbeat | Token | Done | Error | Sealed | ReceiptSignature | AttestData:
     """Parse a frame sent by an agent; raises ProtocolError on anything malformed."""
     _check_size(raw)
     try:
@@ -240,7 +282,7 @@ def decode_agent_frame(
 
 def decode_coordinator_frame(
     raw: str | bytes,
-) -> Welcome | Refused | Generate | Cancel | SignReceipt:
+) -> Welcome | Refused | Generate | Cancel | SignReceipt | AttestChallenge | AttestProbe:
     """Parse a frame sent by the coordinator; raises ProtocolError on anything malformed."""
     _check_size(raw)
     try:

@@ -47,6 +47,73 @@ class ChallengeTimeout(RuntimeError):
     """The work ran past the challenge's deadline; the agent stops instead of finishing late."""
 
 
+class InsufficientMemory(RuntimeError):
+    """The device cannot hold the challenge's work: the agent says so instead of trying.
+
+    A machine claiming more memory than it has must not be pushed into swapping or the OOM
+    killer by a challenge sized for the claim; the coordinator refuses it with this reason.
+    """
+
+
+_GIB = float(1 << 30)
+
+
+def required_bytes(challenge: Challenge, device: str) -> tuple[int, int]:
+    """(device, host) bytes a `ChallengeRun` needs at its peak on `device`.
+
+    Device: the larger of the compute phase (both matrix pools plus one product's or one pool
+    matrix's temporaries) and the memory phase (the buffer plus the fill's row temporaries).
+    Host: the kept product digests (m x 4 int64 each) and the Merkle tree.
+    """
+    m2 = challenge.matrix_size**2
+    elem = 2 if device.startswith("cuda") else 4
+    compute = 2 * challenge.pool * m2 * elem + max(3 * 8, elem + 12) * m2
+    row = challenge.row_chunks * challenge.chunk_words * 8
+    fill = challenge.buffer_bytes + 4 * row
+    leaves = challenge.rows * challenge.row_chunks
+    host = challenge.products * challenge.matrix_size * DIGEST_COLS * 8 + leaves * 2 * 100
+    return max(compute, fill), host
+
+
+def host_available_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (None where there is none: the check is skipped)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def device_available_bytes(device: str) -> int | None:
+    """Bytes this process could still allocate on `device` (CUDA: free plus cached-unused)."""
+    if not device.startswith("cuda"):
+        return host_available_bytes()
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(device)
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return int(free + max(0, cached))
+
+
+def memory_shortfall(challenge: Challenge, device: str) -> str | None:
+    """Why `device` cannot hold the challenge (the agent's error reply), or None if it can."""
+    need_device, need_host = required_bytes(challenge, device)
+    on_host = not device.startswith("cuda")
+    checks = [(need_device + need_host if on_host else need_device, device_available_bytes(device))]
+    if not on_host:
+        checks.append((need_host, host_available_bytes()))
+    for need, available in checks:
+        if available is not None and need > available:
+            return (
+                f"cannot hold the challenge buffer: needs {need / _GIB:.2f} GiB, "
+                f"{available / _GIB:.2f} GiB available"
+            )
+    return None
+
+
 class ChallengeRun:
     """Runs one challenge on `device` and holds its buffer until `release()`.
 
@@ -143,8 +210,17 @@ class ChallengeRun:
             raise ChallengeTimeout(f"challenge not finished within {self.challenge.limit_s:.3g} s")
 
     def respond(self) -> ChallengeResponse:
-        """Do round 1 and return the reply (the buffer stays allocated for the probe)."""
+        """Do round 1 and return the reply (the buffer stays allocated for the probe).
+
+        Raises:
+            InsufficientMemory: the device (or host) cannot hold the work; nothing allocated.
+            ChallengeTimeout: the deadline passed before the work was done.
+
+        """
         self._t0 = t0 = time.perf_counter()
+        shortfall = memory_shortfall(self.challenge, self.device)
+        if shortfall is not None:
+            raise InsufficientMemory(shortfall)
         hashes = self._compute()
         root = self._fill()
         if self.device.startswith("cuda"):

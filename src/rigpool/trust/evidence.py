@@ -49,6 +49,27 @@ def _unb64(items: Sequence[str] | None) -> tuple[bytes, ...] | None:
     return None if items is None else tuple(base64.b64decode(s) for s in items)
 
 
+class _WireSampling(Protocol):
+    @property
+    def temperature(self) -> float: ...
+    @property
+    def top_p(self) -> float: ...
+    @property
+    def max_tokens(self) -> int: ...
+    @property
+    def seed(self) -> int | None: ...
+
+
+def claimed_sampling(sampling: _WireSampling) -> Sampling:
+    """The sampling a provider states it used, from the request's wire sampling fields."""
+    return Sampling(
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        max_tokens=sampling.max_tokens,
+        seed=sampling.seed,
+    )
+
+
 def provider_statement(
     *,
     request_id: str,
@@ -155,12 +176,15 @@ class EvidenceRecord:
                 prompt_tokens=b.get("prompt_tokens"),
                 completion_tokens=b.get("completion_tokens"),
             )
+        logprobs = b.get("logprobs")
         return provider_statement(
             request_id=self.request_id,
             model=b["model"],
             prompt_ids=b.get("prompt_ids", []),
             output_ids=b.get("output_ids", []),
             sampling=Sampling(**b.get("sampling", {})),
+            logprobs=None if logprobs is None else tuple(logprobs),
+            commitments=_unb64(b.get("commitments")),
             prompt_tokens=b["claimed_prompt_tokens"],
             completion_tokens=b["claimed_completion_tokens"],
         )
@@ -212,12 +236,21 @@ def metering_evidence(
     output_ids: Sequence[int] | None = None,
     prompt_ids: Sequence[int] | None = None,
     sampling: Sampling | None = None,
+    logprobs: Sequence[float] | None = None,
+    commitments: Sequence[bytes] | None = None,
 ) -> EvidenceRecord:
-    """A signed record of a claimed token count that disagrees with the gateway's."""
+    """A signed record of a claimed token count that disagrees with the gateway's.
+
+    With the agent's signed statement (`provider_signature` over the token ids, logprobs and
+    commitments it reported, passed here unchanged), the record proves inflation on its own:
+    the agent signed `output_ids` and claimed more tokens than that list holds.
+    """
     body = asdict(reading)
     body["prompt_ids"] = list(prompt_ids or [])
     body["output_ids"] = list(output_ids or [])
     body["sampling"] = asdict(sampling or Sampling())
+    body["logprobs"] = None if logprobs is None else [round(x, 6) for x in logprobs]
+    body["commitments"] = _b64(commitments)
     record = EvidenceRecord(
         kind="metering",
         provider=reading.agent_id,
@@ -268,9 +301,18 @@ def verify_evidence(
     if record.kind == "metering":
         b = record.body
         reading = MeterReading(**{k: b[k] for k in MeterReading.__dataclass_fields__})
-        if b.get("output_ids") and len(b["output_ids"]) != reading.gateway_completion_tokens:
-            reasons.append("gateway count does not match the recorded output")
-        if compare(reading, MeteringPolicy()) is None:
+        if b.get("output_ids"):
+            # The agent's own signed output is the count: one more token than the list holds
+            # would be the final EOS counted twice, anything beyond that is inflation.
+            signed = MeterReading(
+                **{
+                    **{k: b[k] for k in MeterReading.__dataclass_fields__},
+                    "gateway_completion_tokens": len(b["output_ids"]),
+                }
+            )
+            if compare(signed, MeteringPolicy()) is None:
+                reasons.append("the claim matches the signed output: no inflation to prove")
+        elif compare(reading, MeteringPolicy()) is None:
             reasons.append("counts agree within tolerance: no mismatch to prove")
         return EvidenceCheck(not reasons, tuple(reasons))
     if model_loader is None:

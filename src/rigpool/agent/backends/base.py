@@ -54,10 +54,26 @@ class TokenChunk:
 
 @dataclass(frozen=True)
 class Finish:
-    """The end of a generation: why it stopped and how many tokens the backend says it made."""
+    """The end of a generation: why it stopped and how many tokens the backend says it made.
+
+    The optional fields are verification data (docs/trust.md): a validator re-runs the claimed
+    model over `prompt_ids` + `output_ids` in one teacher-forced pass and re-checks `logprobs`
+    and the TOPLOC `commitments` against its own numbers, so a provider cannot swap in a smaller,
+    quantized or other model unnoticed. Backends that cannot see token ids or hidden states (a
+    proxy, an emulated GPU) leave them None.
+    """
 
     finish_reason: str  # "stop" | "length"
     completion_tokens: int
+    #: the token ids the backend fed the model
+    prompt_ids: tuple[int, ...] | None = None
+    #: every sampled token id, the final EOS included
+    output_ids: tuple[int, ...] | None = None
+    #: log p(token) under the distribution it was drawn from (temperature and top-p applied;
+    #: greedy: the raw log_softmax); -1e9 where it was -inf
+    logprobs: tuple[float, ...] | None = None
+    #: TOPLOC commitments, one per 32 output tokens (`trust.toploc.ToplocCommitter.finish()`)
+    commitments: tuple[bytes, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,11 @@ never runs far ahead of a slow consumer), and checks a stop flag before every st
 `threading.Lock` per model serializes generations: simple and correct; batching is a later
 optimisation. A threading lock (not an asyncio one) also means the backend is not tied to the
 event loop it was first used on.
+
+Verification data: every `Finish` carries the prompt ids, every output id, the chosen tokens'
+logprobs and (unless `commitments=False`) TOPLOC commitments of the final hidden states, computed
+exactly as `trust.torchops.generate` (the validator's reference loop) does, so a validator can
+re-check the answer in one teacher-forced pass (docs/trust.md).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from rigpool.agent.backends.base import (
 )
 from rigpool.agent.backends.text import IncrementalDetokenizer, find_stop, stop_holdback
 from rigpool.core.errors import BackendError
+from rigpool.trust.toploc import ToplocCommitter
 
 #: how many token chunks the worker may produce ahead of the consumer
 PREFETCH_TOKENS = 8
@@ -97,7 +103,14 @@ class TransformersBackend(Backend):
         device: str = "auto",
         dtype: str = "auto",
         served_name: str | None = None,
+        commitments: bool = True,
     ) -> None:
+        """Load the model.
+
+        `commitments` turns TOPLOC commitments on (the default): the forward pass then also
+        returns hidden states, and `Finish.commitments` carries one 258-byte commitment per 32
+        output tokens. Token ids and logprobs are returned in `Finish` either way.
+        """
         try:
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -140,7 +153,11 @@ class TransformersBackend(Backend):
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self._extra_kwargs: dict[str, Any] = {}
         if "logits_to_keep" in params:  # only the last position's logits are needed
+            # (it slices after the final norm, so hidden_states[-1] still covers every position)
             self._extra_kwargs["logits_to_keep"] = 1
+        self.commitments = commitments
+        if commitments:
+            self._extra_kwargs["output_hidden_states"] = True
         self._lock = threading.Lock()
         self._closed = False
         #: steps run by the most recent worker; lets tests see that cancellation stopped the work
@@ -283,7 +300,23 @@ class TransformersBackend(Backend):
         emitted = 0  # how much of `text` has been streamed
         steps = 0
         self._last_steps = 0
+        output_ids: list[int] = []
+        committer = _DeviceCommitter() if self.commitments else None
+
+        def finish(reason: str) -> Finish:
+            logprobs = chosen[:steps].tolist() if steps else []
+            return Finish(
+                finish_reason=reason,
+                completion_tokens=steps,
+                prompt_ids=tuple(prompt_ids),
+                output_ids=tuple(output_ids),
+                logprobs=tuple(lp if math.isfinite(lp) else -1e9 for lp in logprobs),
+                commitments=None if committer is None else tuple(committer.finish()),
+            )
+
         with torch.inference_mode():
+            # the chosen token's logprob per step, kept on the device until the end
+            chosen = torch.empty(max(budget, 0), dtype=torch.float32, device=self.device)
             input_ids = torch.tensor([prompt_ids], device=self.device)
             past: Any = None
             while steps < budget:
@@ -296,6 +329,10 @@ class TransformersBackend(Backend):
                     past = out.get("past_key_values", None)
                 logits = out.logits[0, -1].float()
                 token, logprobs = _pick(logits, sampling, generator)
+                if committer is not None:
+                    committer.add(out.hidden_states[-1][0, -1])
+                chosen[steps] = logprobs[token]
+                output_ids.append(token)
                 steps += 1
                 self._last_steps = steps
 
@@ -324,10 +361,10 @@ class TransformersBackend(Backend):
                 if not send_token(chunk):
                     return None
                 if last:
-                    return Finish(finish_reason=reason, completion_tokens=steps)
+                    return finish(reason)
                 input_ids = torch.tensor([[token]], device=self.device)
         # budget was 0 (max_tokens <= 0): nothing to generate
-        return Finish(finish_reason="length", completion_tokens=0)
+        return finish("length")
 
     def _top_logprobs(self, logprobs: Any, k: int) -> tuple[tuple[str, float], ...]:
         if k <= 0:
@@ -349,6 +386,41 @@ class TransformersBackend(Backend):
             self._model = None
             if self.device.startswith("cuda"):
                 self._torch.cuda.empty_cache()
+
+
+class _DeviceCommitter:
+    """`ToplocCommitter` fed one hidden row per step, with one host copy per chunk, not per token.
+
+    Each row is copied (asynchronously, on the model's device) into a chunk-sized buffer; a full
+    chunk goes to the host in one transfer and row by row into the committer. The commitments
+    are exactly those of ``ToplocCommitter.add(out.hidden_states[-1][0, -1])`` every step (the
+    loop in `trust.torchops.generate`), since ``as_float_array`` also just converts to float32.
+    """
+
+    def __init__(self) -> None:
+        self._committer = ToplocCommitter()
+        self._buffer: Any = None
+        self._rows = 0
+
+    def add(self, hidden_row: Any) -> None:
+        if self._buffer is None:
+            self._buffer = hidden_row.new_empty((self._committer.chunk_tokens, hidden_row.numel()))
+        self._buffer[self._rows].copy_(hidden_row.reshape(-1))
+        self._rows += 1
+        if self._rows == self._committer.chunk_tokens:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._rows:
+            # .numpy().copy(): on CPU .float().cpu() may return the buffer itself, reused next chunk
+            host = self._buffer[: self._rows].float().cpu().numpy().copy()
+            for row in host:
+                self._committer.add(row)
+            self._rows = 0
+
+    def finish(self) -> list[bytes]:
+        self._flush()
+        return self._committer.finish()
 
 
 def _pick(logits: Any, sampling: SamplingParams, generator: Any) -> tuple[int, Any]:

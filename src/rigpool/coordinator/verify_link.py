@@ -1,0 +1,505 @@
+"""Verified inference on live traffic: sampled teacher-forced checks, evidence, slashing.
+
+After a request has ended well, `Verifier.consider` decides with the serving provider's check
+rate whether to re-check it (`trust.sampling`: a Beta belief about the provider cheating, high
+for new or suspicious agents, never below a floor). Checks run off the request path, one at a
+time in a worker thread: the claimed model (the registered folder, loaded once, in
+`settings.verification_dtype`) reads prompt + output in one teacher-forced pass and
+`trust.verification.judge` compares logprobs, top-k membership, greedy agreement, TOPLOC
+commitments and token statistics with the agent's signed claim (docs/trust.md).
+
+A failed check becomes an `EvidenceRecord` (the agent's signed statement, the claim, the
+validator's result, the coordinator's signature) in the `evidence` table. Once a provider has
+`settings.slash_min_records` records on distinct requests, `trust.evidence.recommend_slash`
+sizes the penalty and `Ledger.slash` moves it from the provider's stake (consumer share to the
+harmed consumer, the rest to the treasury); the agent is then disconnected. Records are marked
+with the slash's `evidence_ref` *before* the ledger call, whose idempotency key is that same
+reference: a crash in between is retried (`retry_pending_slashes`) and can never slash twice.
+
+Before the model runs, the claim must match what the gateway itself saw: the streamed token ids
+and the tokenisation of the prompt. A mismatch is a failed check (reputation, check rate) but not
+evidence: the stream frames are MAC-sealed, not signed, so nobody else could re-check it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from rigpool.coordinator.tables import Evidence
+from rigpool.core.errors import RigpoolError
+from rigpool.ledger import Ledger
+from rigpool.ledger.tables import Slash
+from rigpool.protocol.signing import Identity
+from rigpool.trust.evidence import (
+    EvidenceRecord,
+    SlashPolicy,
+    SlashRecommendation,
+    inference_evidence,
+    recommend_slash,
+)
+from rigpool.trust.sampling import SamplingPolicy, SpooferBelief, check_rate, should_check
+from rigpool.trust.verification import (
+    ProviderClaim,
+    TokenStats,
+    Tolerances,
+    Validator,
+    VerificationResult,
+    aggregate_token_test,
+)
+
+log = logging.getLogger(__name__)
+
+router = APIRouter()
+
+
+@router.get("/v1/trust")
+async def trust_view(request: Request) -> dict[str, Any]:
+    """Verification per provider: check rate, checks passed and failed, evidence, slashes."""
+    verifier = request.app.state.coordinator.verifier
+    if verifier is None:
+        return {"verification": False, "providers": {}}
+    return {"verification": True, **verifier.status()}
+
+
+@dataclass(frozen=True)
+class LiveClaim:
+    """One served request as the verifier receives it from the gateway."""
+
+    provider: str
+    request_id: str  # the attempt id the agent signed its statement for
+    consumer: str
+    model: str
+    model_path: str
+    claim: ProviderClaim
+    signature: str
+    prompt_text: str
+    output_text: str
+    prompt_tokens: int  # as the agent signed them
+    completion_tokens: int
+    #: why the claim disagrees with what the gateway saw ("" when it agrees)
+    mismatch: str = ""
+
+
+@dataclass
+class ProviderVerification:
+    """What the verifier knows of one provider."""
+
+    belief: SpooferBelief
+    served: int = 0
+    selected: int = 0
+    checked: int = 0
+    passed: int = 0
+    failed: int = 0
+    unverifiable: int = 0
+    skipped: int = 0
+    evidence: int = 0
+    slashed: int = 0
+    tokens_checked: int = 0
+    validator_s: float = 0.0
+    window: list[TokenStats] = field(default_factory=list)
+    last_failure: str = ""
+
+    def to_json(self, policy: SamplingPolicy) -> dict[str, Any]:
+        return {
+            "check_rate": round(check_rate(self.belief, policy), 4),
+            "belief": {"a": self.belief.a, "b": self.belief.b},
+            "served": self.served,
+            "selected": self.selected,
+            "checked": self.checked,
+            "passed": self.passed,
+            "failed": self.failed,
+            "unverifiable": self.unverifiable,
+            "skipped": self.skipped,
+            "evidence": self.evidence,
+            "slashed": self.slashed,
+            "tokens_checked": self.tokens_checked,
+            "validator_s": round(self.validator_s, 4),
+            "last_failure": self.last_failure,
+        }
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The end of one check, handed back to the event loop."""
+
+    provider: str
+    passed: bool | None  # None: could not be checked (no validator for the model)
+    result: VerificationResult | None = None
+    seconds: float = 0.0
+    evidence_hash: str = ""
+    slash: SlashRecommendation | None = None
+    reason: str = ""
+    #: already counted elsewhere (a metering check the gateway made itself)
+    counted: bool = False
+
+
+@dataclass(frozen=True)
+class _SlashReview:
+    """Weigh a provider's evidence for a slash (after the gateway recorded metering evidence)."""
+
+    provider: str
+    consumer: str
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Verifier:
+    """Samples, checks, records evidence and slashes. One per coordinator."""
+
+    def __init__(
+        self,
+        db: sessionmaker[Session],
+        identity: Identity | None,
+        ledger: Ledger | None,
+        *,
+        dtype: str = "float32",
+        policy: SamplingPolicy | None = None,
+        slash_policy: SlashPolicy | None = None,
+        tolerances: Tolerances | None = None,
+        queue_size: int = 64,
+        token_window: int = 50,
+        seed: int | None = None,
+    ) -> None:
+        self.db = db
+        self.identity = identity
+        self.ledger = ledger
+        self.dtype = dtype
+        self.policy = policy or SamplingPolicy()
+        self.slash_policy = slash_policy or SlashPolicy()
+        self.tolerances = tolerances or Tolerances()
+        self.queue_size = queue_size
+        self.token_window = token_window
+        self.providers: dict[str, ProviderVerification] = {}
+        #: providers slashed by this coordinator (expelled; not slashed twice for one offence)
+        self.expelled: set[str] = set()
+        self._rng = random.Random(seed)
+        self._validators: dict[str, Validator] = {}
+        self._unavailable: dict[str, str] = {}
+        self._model_lock = threading.Lock()
+        # Its own thread: checks never wait behind (or hold up) the request path's thread pool.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="rigpool-validator")
+        self._queue: asyncio.Queue[LiveClaim | _SlashReview] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._idle.set()
+        #: called on the event loop with (provider, passed) after every check
+        self.on_checked: Callable[[str, bool], None] = lambda _p, _ok: None
+        #: called on the event loop after a provider was slashed, with the reason
+        self.on_slashed: Callable[[str, str], Any] = lambda _p, _r: None
+
+    # --- sampling ------------------------------------------------------------------------------
+
+    def provider(self, agent_id: str, *, suspicious: bool = False) -> ProviderVerification:
+        seen = self.providers.get(agent_id)
+        if seen is None:
+            belief = SpooferBelief.new(self.policy, suspicious=suspicious)
+            seen = self.providers[agent_id] = ProviderVerification(belief=belief)
+        return seen
+
+    def consider(
+        self, provider: str, live: LiveClaim | None, *, metering_evidence: str | None = None
+    ) -> bool:
+        """Count one served request and maybe queue it for a check (call on the event loop).
+
+        `live` is None when the agent sent no verification data (emulated and proxy backends,
+        or generations too long for one frame). `metering_evidence` names the consumer of a
+        request whose token claim became evidence: the provider's evidence is weighed for a
+        slash whatever the sampling says. Returns whether a check was queued.
+        """
+        seen = self.provider(provider)
+        seen.served += 1
+        if metering_evidence is not None:
+            seen.evidence += 1
+            self._idle.clear()
+            self._ensure_worker().put_nowait(_SlashReview(provider, metering_evidence))
+        if not should_check(seen.belief, self._rng.random(), self.policy):
+            return False
+        seen.selected += 1
+        if live is None:
+            seen.unverifiable += 1
+            return False
+        queue = self._ensure_worker()
+        if queue.qsize() >= self.queue_size:
+            seen.skipped += 1  # the validator is saturated: shed checks, never requests
+            return False
+        self._idle.clear()
+        queue.put_nowait(live)
+        return True
+
+    def _ensure_worker(self) -> asyncio.Queue[LiveClaim | _SlashReview]:
+        if self._queue is None or self._worker is None or self._worker.done():
+            self._queue = asyncio.Queue()
+            self._worker = asyncio.get_running_loop().create_task(self._work(self._queue))
+        return self._queue
+
+    @property
+    def idle(self) -> bool:
+        """No check queued or running (safe to read from any thread)."""
+        return self._idle.is_set()
+
+    async def wait_idle(self, timeout_s: float = 60.0) -> None:
+        """Wait until every queued check has finished (tests, the demo's report)."""
+        await asyncio.wait_for(self._idle.wait(), timeout_s)
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _work(self, queue: asyncio.Queue[LiveClaim | _SlashReview]) -> None:
+        while True:
+            live = await queue.get()
+            try:
+                loop = asyncio.get_running_loop()
+                if isinstance(live, _SlashReview):
+                    slash = await loop.run_in_executor(
+                        self._executor, self.maybe_slash, live.provider, live.consumer
+                    )
+                    await self._settle(Outcome(live.provider, None, slash=slash, counted=True))
+                else:
+                    outcome = await loop.run_in_executor(self._executor, self._check, live)
+                    await self._settle(outcome)
+            except Exception:  # one bad check must not stop verification for everyone
+                log.exception("verification for %s failed", live.provider)
+            finally:
+                if queue.empty():
+                    self._idle.set()
+
+    async def _settle(self, outcome: Outcome) -> None:
+        seen = self.provider(outcome.provider)
+        if outcome.passed is None:
+            seen.unverifiable += 0 if outcome.counted else 1
+            await self._slashed(seen, outcome)
+            return
+        seen.checked += 1
+        seen.validator_s += outcome.seconds
+        seen.belief = seen.belief.update(outcome.passed, self.policy)
+        if outcome.passed:
+            seen.passed += 1
+        else:
+            seen.failed += 1
+            seen.last_failure = outcome.reason
+        if outcome.result is not None:
+            seen.tokens_checked += outcome.result.n_tokens
+            if outcome.result.token_stats.n:
+                self._token_window(outcome.provider, seen, outcome.result.token_stats)
+        if outcome.evidence_hash:
+            seen.evidence += 1
+        self.on_checked(outcome.provider, outcome.passed)
+        await self._slashed(seen, outcome)
+
+    async def _slashed(self, seen: ProviderVerification, outcome: Outcome) -> None:
+        if outcome.slash is not None:
+            seen.slashed += outcome.slash.amount
+            result = self.on_slashed(outcome.provider, outcome.slash.reason)
+            if asyncio.iscoroutine(result):
+                # Closing the expelled agent's socket waits for its close handshake: never let
+                # that hold up the checks queued behind this one.
+                task = asyncio.get_running_loop().create_task(result)
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    def _token_window(self, provider: str, seen: ProviderVerification, stats: TokenStats) -> None:
+        """The token test over a fixed window of checked requests (docs/trust.md).
+
+        A single request's statistic is weak against "generate cheaply, prefill the real model";
+        summed over `token_window` requests it is not. The window is fixed in advance, so the
+        test is not a sequential one; a failure raises the provider's check rate.
+        """
+        seen.window.append(stats)
+        if len(seen.window) < self.token_window:
+            return
+        verdict = aggregate_token_test(seen.window, self.tolerances.token_z)
+        seen.window.clear()
+        if not verdict.passed:
+            log.warning("token statistics of %s fail over a window: %s", provider, verdict.detail)
+            seen.belief = seen.belief.update(False, self.policy)
+            seen.last_failure = f"token_statistics_aggregate: z = {verdict.value:.2f}"
+
+    # --- the check itself (worker thread) -----------------------------------------------------
+
+    def _validator(self, model: str, path: str) -> Validator | None:
+        with self._model_lock:
+            if model in self._validators:
+                return self._validators[model]
+            if model in self._unavailable:
+                return None
+            try:
+                from rigpool.trust.torchops import load_model
+
+                loaded = load_model(path, self.dtype)
+            except ImportError as exc:
+                self._unavailable[model] = f"no torch on the coordinator ({exc})"
+            except (OSError, ValueError) as exc:
+                self._unavailable[model] = f"cannot load {path}: {exc}"
+            else:
+                self._validators[model] = Validator(loaded, model, self.tolerances)
+                return self._validators[model]
+            log.warning("verification of %s is off: %s", model, self._unavailable[model])
+            return None
+
+    def _check(self, live: LiveClaim) -> Outcome:
+        if live.mismatch:
+            log.warning("claim of %s by %s: %s", live.request_id, live.provider, live.mismatch)
+            return Outcome(live.provider, False, reason=live.mismatch)
+        validator = self._validator(live.model, live.model_path)
+        if validator is None:
+            return Outcome(live.provider, None, reason=self._unavailable.get(live.model, ""))
+        start = time.perf_counter()
+        result = validator.check(live.claim)
+        seconds = time.perf_counter() - start
+        if result.passed:
+            return Outcome(live.provider, True, result, seconds)
+        reason = "; ".join(result.reasons)
+        log.warning("verification failed for %s by %s: %s", live.request_id, live.provider, reason)
+        if self.identity is None:
+            return Outcome(live.provider, False, result, seconds, reason=reason)
+        record = inference_evidence(
+            provider=live.provider,
+            request_id=live.request_id,
+            claim=live.claim,
+            result=result,
+            provider_signature=live.signature,
+            validator=self.identity,
+            prompt_text=live.prompt_text,
+            output_text=live.output_text,
+            prompt_tokens=live.prompt_tokens,
+            completion_tokens=live.completion_tokens,
+        )
+        store_evidence(self.db, record)
+        slash = self.maybe_slash(live.provider, live.consumer)
+        return Outcome(live.provider, False, result, seconds, record.record_hash, slash, reason)
+
+    # --- slashing -----------------------------------------------------------------------------
+
+    def maybe_slash(self, provider: str, consumer: str | None) -> SlashRecommendation | None:
+        """Slash `provider` once its unslashed evidence is enough; returns what was slashed.
+
+        One slash per expulsion: checks of requests it served before it was expelled still
+        become evidence (kept for the record and for operators) but do not slash it again.
+        """
+        if self.ledger is None or provider in self.expelled:
+            return None
+        self.retry_pending_slashes(provider)
+        with self.db() as s:
+            rows = s.scalars(
+                select(Evidence).where(Evidence.provider == provider, Evidence.slash_ref.is_(None))
+            ).all()
+            records = [EvidenceRecord.from_json(json.dumps(r.record)) for r in rows]
+        stake = self.ledger.balance("provider_stake", provider)
+        recommendation = recommend_slash(records, stake, self.slash_policy) if records else None
+        if recommendation is None:
+            return None
+        with self.db.begin() as s:
+            s.execute(
+                update(Evidence)
+                .where(Evidence.record_hash.in_(recommendation.records))
+                .values(slash_ref=recommendation.evidence_ref)
+            )
+        return self._slash(recommendation, consumer)
+
+    def _slash(self, rec: SlashRecommendation, consumer: str | None) -> SlashRecommendation | None:
+        assert self.ledger is not None
+        share = rec.consumer_share if consumer else 0
+        try:
+            self.ledger.slash(
+                rec.provider,
+                rec.amount,
+                share,
+                rec.reason,
+                rec.evidence_ref,
+                key=rec.evidence_ref,
+                consumer=consumer if share else None,
+            )
+        except RigpoolError as exc:
+            log.error("slash of %s failed: %s", rec.provider, exc.message)
+            return None
+        self.expelled.add(rec.provider)
+        log.warning(
+            "slashed %s by %d base units: %s (%s)",
+            rec.provider,
+            rec.amount,
+            rec.reason,
+            rec.evidence_ref,
+        )
+        return rec
+
+    def retry_pending_slashes(self, provider: str) -> None:
+        """Finish slashes whose records were marked but whose ledger call did not happen."""
+        assert self.ledger is not None
+        with self.db() as s:
+            refs = set(
+                s.scalars(
+                    select(Evidence.slash_ref).where(
+                        Evidence.provider == provider, Evidence.slash_ref.is_not(None)
+                    )
+                )
+            )
+        if not refs:
+            return
+        with self.ledger.sessions() as s:
+            done = set(s.scalars(select(Slash.evidence_ref).where(Slash.provider == provider)))
+        for ref in sorted(r for r in refs - done if r):
+            with self.db() as s:
+                rows = s.scalars(select(Evidence).where(Evidence.slash_ref == ref)).all()
+                records = [EvidenceRecord.from_json(json.dumps(r.record)) for r in rows]
+            stake = self.ledger.balance("provider_stake", provider)
+            policy = SlashPolicy(
+                min_records=1,
+                inference_fraction=self.slash_policy.inference_fraction,
+                metering_fraction=self.slash_policy.metering_fraction,
+                consumer_share=self.slash_policy.consumer_share,
+            )
+            rec = recommend_slash(records, stake, policy)
+            if rec is not None:
+                self._slash(rec, None)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "queued": 0 if self._queue is None or self.idle else max(1, self._queue.qsize()),
+            "policy": {
+                "floor": self.policy.floor,
+                "cap": self.policy.cap,
+                "slash_min_records": self.slash_policy.min_records,
+            },
+            "validators": {
+                "loaded": sorted(self._validators),
+                "unavailable": dict(self._unavailable),
+            },
+            "providers": {p: v.to_json(self.policy) for p, v in sorted(self.providers.items())},
+        }
+
+
+def store_evidence(db: sessionmaker[Session], record: EvidenceRecord) -> None:
+    """Keep a record in the `evidence` table (idempotent on its hash)."""
+    with db.begin() as s:
+        if s.scalar(select(Evidence.id).where(Evidence.record_hash == record.record_hash)):
+            return
+        s.add(
+            Evidence(
+                provider=record.provider,
+                kind=record.kind,
+                request_id=record.request_id,
+                record_hash=record.record_hash,
+                record=json.loads(record.to_json()),
+                created=_utcnow(),
+            )
+        )
