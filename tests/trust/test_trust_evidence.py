@@ -19,34 +19,8 @@ from rigpool.trust.evidence import (
 )
 from rigpool.trust.metering import MeterReading
 from rigpool.trust.simulate import CLAIMED_MODEL as MODEL_NAME
-from rigpool.trust.simulate import make_provider, random_prompts
-from rigpool.trust.verification import ProviderClaim, Sampling
-
-GREEDY = Sampling(temperature=0.0, max_tokens=24)
-
-
-def served(kind, trust_models, provider_id: Identity, seed: int = 0):
-    """Run a provider and return its claim and its signature over what it returned."""
-    prompt = random_prompts(1, 1024, seed=seed)[0]
-    gen = make_provider(kind, trust_models)(prompt, GREEDY)
-    claim = ProviderClaim(
-        MODEL_NAME,
-        tuple(prompt),
-        tuple(gen.output_ids),
-        GREEDY,
-        tuple(gen.logprobs),
-        tuple(gen.commitments),
-    )
-    statement = provider_statement(
-        request_id=f"req-{seed}",
-        model=MODEL_NAME,
-        prompt_ids=claim.prompt_ids,
-        output_ids=claim.output_ids,
-        sampling=GREEDY,
-        logprobs=claim.logprobs,
-        commitments=claim.commitments,
-    )
-    return claim, provider_id.sign(statement)
+from rigpool.trust.verification import Sampling
+from trustsupport import served
 
 
 @pytest.fixture(scope="module")

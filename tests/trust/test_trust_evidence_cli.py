@@ -24,10 +24,8 @@ from rigpool.trust.evidence import (
 )
 from rigpool.trust.metering import MeterReading
 from rigpool.trust.simulate import CLAIMED_MODEL as MODEL_NAME
-from rigpool.trust.simulate import make_provider, random_prompts
-from rigpool.trust.verification import ProviderClaim, Sampling
-
-GREEDY = Sampling(temperature=0.0, max_tokens=24)
+from rigpool.trust.verification import Sampling
+from trustsupport import served
 
 
 def run(*args: str):
@@ -37,30 +35,6 @@ def run(*args: str):
 def flat(text: str) -> str:
     """Output with rich's line wrapping undone."""
     return " ".join(text.split())
-
-
-def served(kind, trust_models, provider: Identity, seed: int = 0):
-    """Run a provider and return its claim and its signature over what it returned."""
-    prompt = random_prompts(1, 1024, seed=seed)[0]
-    gen = make_provider(kind, trust_models)(prompt, GREEDY)
-    claim = ProviderClaim(
-        MODEL_NAME,
-        tuple(prompt),
-        tuple(gen.output_ids),
-        GREEDY,
-        tuple(gen.logprobs),
-        tuple(gen.commitments),
-    )
-    statement = provider_statement(
-        request_id=f"req-{seed}",
-        model=MODEL_NAME,
-        prompt_ids=claim.prompt_ids,
-        output_ids=claim.output_ids,
-        sampling=GREEDY,
-        logprobs=claim.logprobs,
-        commitments=claim.commitments,
-    )
-    return claim, provider.sign(statement)
 
 
 @pytest.fixture(scope="module")

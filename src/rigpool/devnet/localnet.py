@@ -146,6 +146,10 @@ class LocalNetwork:
         db.kw["bind"].dispose()
         self.extra_env.setdefault("RIGPOOL_IDENTITY_PATH", str(self.money.coordinator_key))
         self.extra_env.setdefault("RIGPOOL_MIN_STAKE", str(self.money.stake_per_provider))
+        # A local network has one real model agent and a cheap (toy) model: re-check every
+        # request it serves, so the demo shows verification at work (production: 2-50 %).
+        self.extra_env.setdefault("RIGPOOL_CHECK_RATE_FLOOR", "1.0")
+        self.extra_env.setdefault("RIGPOOL_CHECK_RATE_CAP", "1.0")
         self._spawn(
             "coordinator",
             [
