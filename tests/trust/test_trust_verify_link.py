@@ -193,3 +193,23 @@ def test_a_crash_between_marking_and_slashing_is_finished_once(book, providers, 
             EvidenceRecord.from_json(json.dumps(r.record)) for r in s.scalars(select(Evidence))
         ]
     assert sorted(r.record_hash for r in stored) == sorted(r.record_hash for r in records)
+
+
+def test_an_expulsion_outlives_a_coordinator_restart(tmp_path, book):
+    """The ledger's slashes are the record: a restarted coordinator still refuses the agent."""
+    from netsupport import make_settings
+    from rigpool.agent.daemon import signed_hello
+    from rigpool.coordinator.agent_link import check_hello
+    from rigpool.coordinator.state import CoordinatorState
+    from rigpool.protocol.messages import Capabilities
+
+    db, ledger = book
+    cheat = Identity.generate()
+    ledger.stake(cheat.agent_id, STAKE, "u" * 64)
+    ledger.slash(cheat.agent_id, 10, 0, "inference fraud: test", "sha256:x", key="sha256:x")
+    settings = make_settings(tmp_path, [], billing=True, database_url=str(db.kw["bind"].url))
+    state = CoordinatorState(settings=settings, db=db)
+    assert cheat.agent_id in state.banned and cheat.agent_id in state.verifier.expelled
+    hello = signed_hello(cheat, Capabilities(backend="transformers"))
+    reason = check_hello(state, hello, hello.timestamp)
+    assert reason is not None and "slashed" in reason and "inference fraud: test" in reason

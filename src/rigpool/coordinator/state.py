@@ -19,6 +19,7 @@ from rigpool.gateway.billing import Billing, units
 from rigpool.gateway.ratelimit import RateLimiter
 from rigpool.hardware.catalog import match_nvml_name
 from rigpool.ledger import Ledger, Price
+from rigpool.ledger.audit import slashes
 from rigpool.protocol.signing import Identity, load_or_create_identity
 from rigpool.scheduler.baselines import LeastLoaded, RandomChoice, RoundRobin
 from rigpool.scheduler.fleet import AgentRecord, FleetIndex
@@ -59,6 +60,10 @@ class CoordinatorState:
         self.validators = ValidatorBoard.from_settings(self.settings, self.service)
         if self.settings.billing:
             self.billing = Billing(Ledger(self.db), self.settings.network_fee_bps)
+            # A slash is an expulsion: it outlives restarts (the ledger is the record).
+            self.banned.update(
+                (row["provider"], row["reason"]) for row in slashes(self.billing.ledger)
+            )
         if self.settings.billing or self.settings.verification:
             # signs receipts and evidence records; owns the vault
             self.identity, _ = load_or_create_identity(self.settings.identity_path)

@@ -186,8 +186,11 @@ class Verifier:
         self.queue_size = queue_size
         self.token_window = token_window
         self.providers: dict[str, ProviderVerification] = {}
-        #: providers slashed by this coordinator (expelled; not slashed twice for one offence)
+        #: providers slashed already (expelled; not slashed twice for one offence)
         self.expelled: set[str] = set()
+        if ledger is not None:
+            with ledger.sessions() as s:
+                self.expelled.update(s.scalars(select(Slash.provider)))
         self._rng = random.Random(seed)
         self._validators: dict[str, Validator] = {}
         self._unavailable: dict[str, str] = {}
