@@ -618,10 +618,10 @@ def _live_settings(work: Path) -> Any:
             "model_dirs": [],
             "billing": True,
             "verification": True,
-            # production check rates and slashing (the Settings defaults, spelled out)
+            # production check rates and slashing (the Settings defaults, spelled out; the
+            # records a slash needs are derived from the measured false-positive bound: 11)
             "check_rate_floor": 0.02,
             "check_rate_cap": 0.5,
-            "slash_min_records": 3,
             # the stall cheat is cut off after 3 s without a token (default 15 s)
             "first_token_timeout_s": 20.0,
             "inter_token_timeout_s": 3.0,
@@ -738,7 +738,7 @@ def _live_rows(server: LiveServer, agents: list[LiveAgent]) -> tuple[list[dict],
             if rid not in ev_requests:
                 ev_requests.append(rid)
         first = index.get(ev_requests[0]) if ev_requests else None
-        k = server.state.settings.slash_min_records
+        k = server.state.settings.slash_records()
         at_slash = index.get(ev_requests[k - 1]) if len(ev_requests) >= k else None
         mine = [sl for sl in slashes if sl.provider == a.agent_id]
         before_slash = sum(r.created <= mine[0].created for r in served) if mine else None
@@ -940,7 +940,7 @@ def live_bench(n: int, concurrency: int, timeout_s: float, console: Console) -> 
         "validator in the coordinator; development-mode attestation sizes",
         "check_rate_floor": settings.check_rate_floor,
         "check_rate_cap": settings.check_rate_cap,
-        "slash_min_records": settings.slash_min_records,
+        "slash_min_records": settings.slash_records(),
         "token_test_window": settings.token_test_window,
         "routing_policy": settings.routing_policy,
         "hedging": settings.hedging,

@@ -92,8 +92,16 @@ class Settings(BaseSettings):
     check_rate_cap: float = Field(default=0.5, ge=0, le=1)
     #: checks waiting beyond this are shed (the validator never slows down serving)
     verification_queue: int = Field(default=64, ge=1)
-    #: distinct failed requests before a slash (see trust.sampling.failures_required)
-    slash_min_records: int = Field(default=3, ge=1)
+    #: distinct failed requests before a slash; None: the fewest that keep the chance of ever
+    #: slashing an honest provider below `false_slash_target` over `slash_window_checks` checks,
+    #: given `honest_false_positive_rate` (trust.sampling.failures_required; docs/trust.md)
+    slash_min_records: int | None = Field(default=None, ge=1)
+    #: per-check false-positive rate of honest providers: the 95 % upper bound (rule of three)
+    #: of 0 false positives in 10,002 honest requests (fp32/bf16/fp16, bench/trust.py)
+    honest_false_positive_rate: float = Field(default=3e-4, gt=0, lt=1)
+    #: checks the bound covers: 10,000 requests of one provider at the 50 % cap
+    slash_window_checks: int = Field(default=5000, ge=1)
+    false_slash_target: float = Field(default=1e-6, gt=0, lt=1)
     #: sampled requests per fixed window of the aggregate token-statistics test
     token_test_window: int = Field(default=50, ge=2)
 
@@ -151,6 +159,16 @@ class Settings(BaseSettings):
                 if name not in self.model_fields_set:
                     setattr(self, name, value)
         return self
+
+    def slash_records(self) -> int:
+        """Distinct failed requests a slash needs (the setting, or derived from the rates)."""
+        if self.slash_min_records is not None:
+            return self.slash_min_records
+        from rigpool.trust.sampling import failures_required
+
+        return failures_required(
+            self.honest_false_positive_rate, self.slash_window_checks, self.false_slash_target
+        )
 
     @model_validator(mode="after")
     def _fail_closed(self) -> Settings:

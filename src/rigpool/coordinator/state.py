@@ -77,7 +77,7 @@ class CoordinatorState:
                     floor=self.settings.check_rate_floor,
                     cap=max(self.settings.check_rate_cap, self.settings.check_rate_floor),
                 ),
-                slash_policy=SlashPolicy(min_records=self.settings.slash_min_records),
+                slash_policy=SlashPolicy(min_records=self.settings.slash_records()),
                 queue_size=self.settings.verification_queue,
                 token_window=self.settings.token_test_window,
             )

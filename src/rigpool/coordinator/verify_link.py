@@ -10,9 +10,10 @@ commitments and token statistics with the agent's signed claim (docs/trust.md).
 
 A failed check becomes an `EvidenceRecord` (the agent's signed statement, the claim, the
 validator's result, the coordinator's signature) in the `evidence` table. Once a provider has
-`settings.slash_min_records` records on distinct requests, `trust.evidence.recommend_slash`
-sizes the penalty and `Ledger.slash` moves it from the provider's stake (consumer share to the
-harmed consumer, the rest to the treasury); the agent is then disconnected. Records are marked
+`settings.slash_records()` records on distinct requests (11 by default, from the measured
+false-positive bound: docs/trust.md), `trust.evidence.recommend_slash` sizes the penalty and
+`Ledger.slash` moves it from the provider's stake (consumer share to the harmed consumer, the
+rest to the treasury); the agent is then disconnected. Records are marked
 with the slash's `evidence_ref` *before* the ledger call, whose idempotency key is that same
 reference: a crash in between is retried (`retry_pending_slashes`) and can never slash twice.
 
