@@ -177,3 +177,33 @@ def test_choose_keeps_working_on_candidate_lists() -> None:
     assert router.choose(cands).agent_id == "b"  # type: ignore[union-attr]
     assert router.choose(cands, exclude=["b"]).agent_id == "a"  # type: ignore[union-attr]
     assert router.choose(cands, exclude=["a", "b"]) is None
+
+
+def test_a_late_joiner_gets_traffic_on_an_idle_fleet() -> None:
+    """An agent with no first token yet is assumed as fast as the fleet's typical one, so it
+    wins some pairings and gets measured (a fixed pessimistic default starved it for ever)."""
+    fleet, router = FleetIndex(), Router(seed=5)
+    for i in range(6):
+        fleet.join(AgentRecord(agent_id=f"old{i}", gpus=("RTX 4090",), vram_gb=24, region="eu-west",
+                               models=frozenset({"m"}), price_out_per_mtok=0.1))  # fmt: skip
+    now = 0.0
+    for _ in range(300):  # the old agents are measured, one request at a time (idle fleet)
+        pick = router.route(fleet, "m", Constraints())
+        assert isinstance(pick, Route)
+        router.on_dispatch(pick.agent_id)
+        router.on_first_token(pick.agent_id, 0.05, now)
+        router.on_end(pick.agent_id, ok=True, now=now)
+        now += 0.1
+    fleet.join(AgentRecord(agent_id="new", gpus=("RTX 4090",), vram_gb=24, region="eu-west",
+                           models=frozenset({"m"}), price_out_per_mtok=0.1))  # fmt: skip
+    assert router.unmeasured_ttft_s == pytest.approx(0.05)
+    picks = []
+    for _ in range(60):
+        pick = router.route(fleet, "m", Constraints())
+        assert isinstance(pick, Route)
+        picks.append(pick.agent_id)
+        router.on_dispatch(pick.agent_id)
+        router.on_first_token(pick.agent_id, 0.05, now)
+        router.on_end(pick.agent_id, ok=True, now=now)
+        now += 0.1
+    assert "new" in picks  # it was tried, and once measured it competes like the others

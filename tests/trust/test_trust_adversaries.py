@@ -84,9 +84,8 @@ def network(tmp_path, trust_models):
         # The validator loads the model at its first check, seconds on a loaded 2-core machine:
         # keep every check queued meanwhile (production sheds them instead).
         verification_queue=10_000,
-        # Round-robin gives every agent its share at once. (The P2C router prefers agents with a
-        # measured time to first token over unmeasured ones when both are idle, so on a fast,
-        # lightly loaded network a late joiner can wait long for its first request.)
+        # Round-robin gives every agent its share from the first batch, so each kind is checked
+        # within a few requests (the P2C router spreads load too, but by latency, not evenly).
         routing_policy="round-robin",
         first_token_timeout_s=20.0,
         inter_token_timeout_s=3.0,

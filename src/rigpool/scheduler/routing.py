@@ -43,6 +43,8 @@ from rigpool.scheduler.fleet import AgentRecord, FleetIndex, IndexedSet, region_
 PRICE_FLOOR = 0.01
 # Samples drawn before `route` gives up on sampling and scans the selected buckets.
 MAX_DRAWS = 16
+# Weight of one first token in the fleet-wide TTFT estimate that unmeasured agents start from.
+FLEET_PRIOR_WEIGHT = 0.02
 
 
 @dataclass
@@ -179,6 +181,12 @@ class Router:
         self._rng = random.Random(seed)
         self._stats: dict[str, AgentStats] = {}
         self.default_ttft_s = default_ttft_s
+        #: the fleet's typical time to first token (EWMA over every agent's first tokens): what
+        #: an agent that has not served yet is assumed to need. A fixed pessimistic default let a
+        #: late joiner starve on an idle fleet: it lost every pairing with a measured agent, so
+        #: it never got the request that would have measured it (nor a verification check).
+        self._fleet_ttft = default_ttft_s
+        self._fleet_seen = False
         self.price_weight = price_weight
         self._list_cache: dict[
             tuple[str, frozenset[str] | None], tuple[FleetIndex, int, list[list[str]]]
@@ -210,8 +218,8 @@ class Router:
         if len(pool) == 1:
             return pool[0]
         a, b = self._rng.sample(pool, 2)
-        sa = self.stats(a.agent_id).score(self.default_ttft_s)
-        sb = self.stats(b.agent_id).score(self.default_ttft_s)
+        sa = self.stats(a.agent_id).score(self._fleet_ttft)
+        sb = self.stats(b.agent_id).score(self._fleet_ttft)
         return a if sa <= sb else b
 
     def cost(self, record: AgentRecord, model: str) -> float:
@@ -223,9 +231,9 @@ class Router:
         """
         stats = self._stats.get(record.agent_id)
         if stats is None:
-            ttft, outstanding = self.default_ttft_s, record.outstanding
+            ttft, outstanding = self._fleet_ttft, record.outstanding
         else:
-            ttft = stats.ttft.value if stats.ttft.initialised else self.default_ttft_s
+            ttft = stats.ttft.value if stats.ttft.initialised else self._fleet_ttft
             outstanding = stats.outstanding
             if record.outstanding > outstanding:
                 outstanding = record.outstanding
@@ -435,6 +443,15 @@ class Router:
 
     def on_first_token(self, agent_id: str, ttft_s: float, now: float) -> None:
         self.stats(agent_id).ttft.observe(ttft_s, now)
+        if self._fleet_seen:
+            self._fleet_ttft += FLEET_PRIOR_WEIGHT * (ttft_s - self._fleet_ttft)
+        else:
+            self._fleet_ttft, self._fleet_seen = ttft_s, True
+
+    @property
+    def unmeasured_ttft_s(self) -> float:
+        """What an agent without a first token yet is assumed to need (the fleet's typical)."""
+        return self._fleet_ttft
 
     def on_end(self, agent_id: str, *, ok: bool, now: float, penalty_s: float = 5.0) -> None:
         """Close a dispatch. A failure counts as a very slow first token so traffic moves away."""
