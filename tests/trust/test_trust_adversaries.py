@@ -104,8 +104,7 @@ def trust_view(server) -> dict:
 
 
 def send(client: openai.OpenAI, indices: range, all_greedy: bool) -> None:
-    """Requests 8 at a time, so that load spreads them over every agent (the router prefers
-    agents with a measured time to first token over unmeasured ones when both are idle)."""
+    """Requests 8 at a time (every other one greedy unless `all_greedy`), seeded by index."""
 
     def one(i: int) -> None:
         client.completions.create(
