@@ -10,7 +10,7 @@ What it runs (all on CPU, real torch models from `trust.simulate`):
 - (d) inflated metering, (e) a CPU claiming an A100 (attestation), (g) one lying validator;
 - cost: teacher-forced validation time / generation time, TOPLOC bytes per 32 tokens;
 - `--live`: the adversarial suite on a live network at the production check rates (floor 0.02,
-  cap 0.5, 3 records to slash): a real billed coordinator, every kind a real agent process
+  cap 0.5, 11 records to slash): a real billed coordinator, every kind a real agent process
   (`rigpool.devnet.adversaries`) with a bonded stake, traffic through the official openai
   client; per agent the requests until the first failed check and until the slash, stake
   slashed, expulsion, honest false positives, and the verification overhead.
@@ -964,17 +964,20 @@ def live_bench(n: int, concurrency: int, timeout_s: float, console: Console) -> 
         "position, in the agent's own ok requests ordered by RequestRecord.created, of the "
         "request of its first / slash_min_records-th distinct evidence record",
     }
-    _print_live(console, rows, metrics, goals)
+    _print_live(console, rows, metrics, goals, settings.slash_records())
     return {"metrics": metrics, "goals": goals, "setup": setup}
 
 
-def _print_live(console: Console, rows: list[dict], metrics: dict, goals: dict) -> None:
+def _print_live(
+    console: Console, rows: list[dict], metrics: dict, goals: dict, slash_records: int
+) -> None:
     def opt(x: Any) -> str:
         return "-" if x is None else str(x)
 
     table = Table(
         title=f"Live adversarial network at production check rates (floor 0.02, cap 0.5, "
-        f"3 records to slash): {metrics['requests_ok']}/{metrics['requests_sent']} requests ok"
+        f"{slash_records} records to slash): "
+        f"{metrics['requests_ok']}/{metrics['requests_sent']} requests ok"
     )
     for col in (
         "agent", "served", "checks", "failed", "evidence", "1st fail @req", "slash @req",
