@@ -173,11 +173,13 @@ class ForgetfulAttester(Attester):
 def test_failed_re_attestation_takes_the_agent_out_of_routing(
     tmp_path, toy_model, backend, stop_agents
 ):
+    refusals: list[str] = []
     with serve(tmp_path, toy_model, attest_interval_s=0.3) as server:
         create_key(server.db, key=API_KEY)
         state = server.app.state.coordinator
         agent = AgentThread(server.url, backend)
         agent.agent._attester = ForgetfulAttester("cpu")
+        agent.agent.on_status = refusals.append
         stop_agents.append(agent.start())
         agent_id = agent.identity.agent_id
         wait_for(lambda: admitted(server), what="admission")
@@ -185,10 +187,13 @@ def test_failed_re_attestation_takes_the_agent_out_of_routing(
         wait_for(
             lambda: (state.attestations[agent_id].passed >= 2) or agent.error, what="re-attestation"
         )
-        # ... and the next one fails: out of the fleet, socket closed with the reason.
+        # ... and the next one fails: out of the fleet, socket closed with the reason. A live
+        # agent may reconnect after a failed re-attestation (it may have been unlucky), and
+        # then faces the join challenge, which it fails the same way: refused for good.
         wait_for(lambda: agent.error is not None, what="refusal")
-        assert "re-attestation: attestation failed" in str(agent.error)
+        assert "attestation failed" in str(agent.error)
         assert "not in the committed buffer" in str(agent.error)
+        assert any("re-attestation: attestation failed" in r for r in refusals)
         assert agent_id not in state.fleet
         assert server.agents_online() == 0
         assert attestation_of(server, agent)["status"] == "refused"  # type: ignore[index]

@@ -93,6 +93,28 @@ def test_metering_evidence_reverifies():
     assert verify_evidence(EvidenceRecord.from_json(record.to_json())).ok
 
 
+@pytest.mark.parametrize(
+    ("claimed", "gateway_prompt"),
+    [(20, 0), (19, 12), (21, 12)],  # a prompt count it never signed; fewer; one more (EOS)
+)
+def test_a_coordinator_cannot_frame_an_honest_count(claimed, gateway_prompt):
+    """Only a completion claim above the agent's own signed output list is inflation."""
+    provider, coordinator = Identity.generate(), Identity.generate()
+    reading = MeterReading("r10", provider.agent_id, MODEL_NAME, 12, claimed, gateway_prompt, 20)
+    statement = provider_statement(
+        request_id="r10", model=MODEL_NAME, prompt_ids=[], output_ids=list(range(20)),
+        sampling=Sampling(), prompt_tokens=12, completion_tokens=claimed,
+    )  # fmt: skip
+    record = metering_evidence(
+        reading=reading,
+        provider_signature=provider.sign(statement),
+        coordinator=coordinator,
+        output_ids=list(range(20)),
+    )
+    check = verify_evidence(EvidenceRecord.from_json(record.to_json()))
+    assert not check.ok and any("no inflation to prove" in r for r in check.reasons)
+
+
 def test_slash_needs_enough_independent_records(cheat_record):
     policy = SlashPolicy(min_records=3)
     assert recommend_slash([cheat_record] * 5, stake=1000, policy=policy) is None  # one request

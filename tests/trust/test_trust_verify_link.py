@@ -177,12 +177,13 @@ def test_a_crash_between_marking_and_slashing_is_finished_once(book, providers, 
     with db.begin() as s:  # marked, then "crashed" before Ledger.slash
         s.execute(update(Evidence).values(slash_ref=ref))
 
-    assert v.maybe_slash(cheat.agent_id, CONSUMER) is None  # nothing new to weigh ...
+    done = v.maybe_slash(cheat.agent_id, CONSUMER)  # the pending slash is finished and
+    assert done is not None and done.evidence_ref == ref  # returned, so the agent is expelled
     with ledger.sessions() as s:
         rows = list(s.scalars(select(Slash)))
-    assert len(rows) == 1 and rows[0].evidence_ref == ref  # ... but the pending slash happened
+    assert len(rows) == 1 and rows[0].evidence_ref == ref
     v.expelled.clear()
-    v.retry_pending_slashes(cheat.agent_id)
+    assert v.retry_pending_slashes(cheat.agent_id) == []
     with ledger.sessions() as s:
         assert len(list(s.scalars(select(Slash)))) == 1
     assert ledger.balance("provider_stake", cheat.agent_id) == STAKE // 2
@@ -213,3 +214,59 @@ def test_an_expulsion_outlives_a_coordinator_restart(tmp_path, book):
     hello = signed_hello(cheat, Capabilities(backend="transformers"))
     reason = check_hello(state, hello, hello.timestamp)
     assert reason is not None and "slashed" in reason and "inference fraud: test" in reason
+
+
+def test_a_restart_finishes_an_interrupted_slash_before_any_hello(
+    tmp_path, book, providers, trust_models
+):
+    db, ledger = book
+    cheat, validator = Identity.generate(), Identity.generate()
+    ledger.stake(cheat.agent_id, STAKE, "v" * 64)
+    v = verifier(db, ledger)
+    records = []
+    for i in range(3):
+        c = live("smaller", providers, trust_models, cheat, 20 + i)
+        result = v._validator(CLAIMED_MODEL, str(trust_models.claimed)).check(c.claim)
+        records.append(inference_evidence(
+            provider=cheat.agent_id, request_id=c.request_id, claim=c.claim, result=result,
+            provider_signature=c.signature, validator=validator,
+            prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
+        ))  # fmt: skip
+        store_evidence(db, records[-1])
+    with db.begin() as s:
+        s.execute(update(Evidence).values(slash_ref=evidence_ref(records)))
+    fresh = verifier(db, ledger)
+    assert set(fresh.finish_pending()) == {cheat.agent_id}
+    assert ledger.balance("provider_stake", cheat.agent_id) == STAKE // 2
+    assert fresh.finish_pending() == {}  # nothing twice
+
+
+def test_an_unstaked_cheater_is_expelled_all_the_same(book, providers, trust_models):
+    db, ledger = book
+    cheat = Identity.generate()  # nothing staked (a network without min_stake)
+    v = verifier(db, ledger)
+    run(v, [(cheat.agent_id, live("smaller", providers, trust_models, cheat, i)) for i in range(3)])
+    assert cheat.agent_id in v.expelled
+    assert v.expelled_calls and v.expelled_calls[0][0] == cheat.agent_id  # type: ignore[attr-defined]
+    with ledger.sessions() as s:
+        assert list(s.scalars(select(Slash))) == []  # nothing to take
+    assert set(verifier(db, ledger).finish_pending()) == {cheat.agent_id}  # kept out after restart
+
+
+def test_an_agent_that_keeps_sending_unverifiable_answers_is_expelled(
+    book, providers, trust_models
+):
+    """Dropping the data, a bad signature or ids that differ from the stream is no evidence,
+    but it must not be a way out: after as many such answers as a slash needs, expelled."""
+    db, ledger = book
+    agent = Identity.generate()
+    v = verifier(db, ledger)
+    claims = [
+        live("honest", providers, trust_models, agent, i, mismatch="no verification data")
+        for i in range(3)
+    ]
+    run(v, [(agent.agent_id, c) for c in claims])
+    assert agent.agent_id in v.expelled
+    assert "could not be verified" in v.expelled_calls[0][1]  # type: ignore[attr-defined]
+    with db() as s:
+        assert s.scalar(select(Evidence.id)) is None

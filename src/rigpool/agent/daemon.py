@@ -181,6 +181,7 @@ class Agent:
         reply = decode_coordinator_frame(await asyncio.wait_for(ws.recv(), 15))
         if isinstance(reply, Refused):
             if reply.retry:
+                self.on_status(f"coordinator turned this agent away for now: {reply.reason}")
                 raise ConnectionClosed(None, None)
             raise AgentRefused(f"coordinator refused this agent: {reply.reason}")
         if not isinstance(reply, Welcome):
@@ -242,6 +243,7 @@ class Agent:
                     self._attest(ws, frame)
                 elif isinstance(frame, Refused):  # e.g. a failed attestation
                     if frame.retry:
+                        self.on_status(f"coordinator closed the session: {frame.reason}")
                         raise ConnectionClosed(None, None)
                     raise AgentRefused(f"coordinator refused this agent: {frame.reason}")
                 elif isinstance(frame, Cancel):

@@ -500,7 +500,9 @@ async def _life(state: CoordinatorState, session: AgentSession, protocol_version
                 session.attesting = False
             reason = _allowed(state, record)
             if reason is not None:
-                await refuse(state, session, "re-attestation: " + reason)
+                # A live agent that misses once may have been unlucky (load, a late stream):
+                # it may reconnect, and must then pass the join challenge again.
+                await refuse(state, session, "re-attestation: " + reason, retry=True)
                 return
             if session.agent_id in state.fleet:
                 state.agent_heartbeat(session)  # routable again

@@ -83,6 +83,8 @@ class CoordinatorState:
             )
             self.verifier.on_checked = lambda agent, ok: self.observed(agent, ok=True, check=ok)
             self.verifier.on_slashed = self.expel
+            # Slashes a crash interrupted are finished before any agent may say hello.
+            self.banned.update(self.verifier.finish_pending())
         self.limiter = RateLimiter(
             self.settings.rate_limit_per_min,
             self.settings.rate_limit_burst,

@@ -32,8 +32,8 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -51,6 +51,7 @@ from rigpool.trust.evidence import (
     SlashRecommendation,
     inference_evidence,
     recommend_slash,
+    verify_evidence,
 )
 from rigpool.trust.sampling import SamplingPolicy, SpooferBelief, check_rate, should_check
 from rigpool.trust.verification import (
@@ -108,6 +109,7 @@ class ProviderVerification:
     unverifiable: int = 0
     skipped: int = 0
     evidence: int = 0
+    unprovable: int = 0
     slashed: int = 0
     tokens_checked: int = 0
     validator_s: float = 0.0
@@ -126,6 +128,7 @@ class ProviderVerification:
             "unverifiable": self.unverifiable,
             "skipped": self.skipped,
             "evidence": self.evidence,
+            "unprovable": self.unprovable,
             "slashed": self.slashed,
             "tokens_checked": self.tokens_checked,
             "validator_s": round(self.validator_s, 4),
@@ -156,6 +159,20 @@ class _SlashReview:
     consumer: str
 
 
+#: prefix of the reference marking records that expelled a provider with nothing staked
+EXPELLED_UNSTAKED = "expelled:"
+
+
+def _counts(record: EvidenceRecord) -> bool:
+    """Whether a record may count towards a slash.
+
+    It must be signed by the agent and, for metering (which needs no model), re-verify here.
+    """
+    if not record.provider_signature:
+        return False
+    return record.kind != "metering" or verify_evidence(record).ok
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
@@ -175,6 +192,7 @@ class Verifier:
         tolerances: Tolerances | None = None,
         queue_size: int = 64,
         token_window: int = 50,
+        evidence_window_s: float = 7 * 86400.0,
         seed: int | None = None,
     ) -> None:
         self.db = db
@@ -186,6 +204,7 @@ class Verifier:
         self.tolerances = tolerances or Tolerances()
         self.queue_size = queue_size
         self.token_window = token_window
+        self.evidence_window_s = evidence_window_s
         self.providers: dict[str, ProviderVerification] = {}
         #: providers slashed already (expelled; not slashed twice for one offence)
         self.expelled: set[str] = set()
@@ -309,6 +328,25 @@ class Verifier:
             seen.evidence += 1
         self.on_checked(outcome.provider, outcome.passed)
         await self._slashed(seen, outcome)
+        if not outcome.passed and outcome.result is None:
+            await self._unprovable(outcome.provider, seen, outcome.reason)
+
+    async def _unprovable(self, provider: str, seen: ProviderVerification, reason: str) -> None:
+        """Count a failure nobody else could re-check; expel an agent that keeps failing so.
+
+        A claim without data, under a bad signature or with ids that differ from the stream is
+        no slashing evidence; but an agent that keeps answering that way is refusing
+        verification, and is expelled after as many such failures as a slash needs.
+        """
+        seen.unprovable += 1
+        if seen.unprovable < self.slash_policy.min_records or provider in self.expelled:
+            return
+        self.expelled.add(provider)
+        why = f"{seen.unprovable} checked answers could not be verified (last: {reason})"
+        log.warning("expelled %s: %s", provider, why)
+        result = self.on_slashed(provider, why)
+        if asyncio.iscoroutine(result):
+            await result
 
     async def _slashed(self, seen: ProviderVerification, outcome: Outcome) -> None:
         if outcome.slash is not None:
@@ -397,27 +435,53 @@ class Verifier:
     def maybe_slash(self, provider: str, consumer: str | None) -> SlashRecommendation | None:
         """Slash `provider` once its unslashed evidence is enough; returns what was slashed.
 
-        One slash per expulsion: checks of requests it served before it was expelled still
-        become evidence (kept for the record and for operators) but do not slash it again.
+        Counted: records on distinct requests, within `evidence_window_s` (the false-slash
+        bound assumes a window), that carry the agent's signature and, for metering, re-verify
+        (an unsigned record proves nothing to anyone else). One slash per expulsion: checks of
+        requests served before the expulsion still become evidence but do not slash again. A
+        provider with nothing staked is expelled all the same (amount 0), or an unstaked
+        cheater could never be stopped.
         """
         if self.ledger is None or provider in self.expelled:
             return None
-        self.retry_pending_slashes(provider)
+        for pending in self.retry_pending_slashes(provider):
+            return pending
+        since = _utcnow() - timedelta(seconds=self.evidence_window_s)
         with self.db() as s:
             rows = s.scalars(
-                select(Evidence).where(Evidence.provider == provider, Evidence.slash_ref.is_(None))
+                select(Evidence).where(
+                    Evidence.provider == provider,
+                    Evidence.slash_ref.is_(None),
+                    Evidence.created >= since,
+                )
             ).all()
             records = [EvidenceRecord.from_json(json.dumps(r.record)) for r in rows]
-        stake = self.ledger.balance("provider_stake", provider)
-        recommendation = recommend_slash(records, stake, self.slash_policy) if records else None
+        records = [r for r in records if _counts(r)]
+        stake = self.ledger.balance("provider_stake", provider) + self.ledger.balance(
+            "provider_unbonding", provider
+        )
+        recommendation = recommend_slash(records, max(stake, 1), self.slash_policy)
         if recommendation is None:
             return None
+        if stake <= 0:
+            recommendation = replace(
+                recommendation,
+                amount=0,
+                consumer_share=0,
+                evidence_ref=EXPELLED_UNSTAKED + recommendation.evidence_ref,
+            )
         with self.db.begin() as s:
             s.execute(
                 update(Evidence)
                 .where(Evidence.record_hash.in_(recommendation.records))
                 .values(slash_ref=recommendation.evidence_ref)
             )
+        if stake <= 0:
+            self.expelled.add(provider)
+            log.warning(
+                "expelled %s (nothing staked to slash): %s", provider, recommendation.reason
+            )
+            return recommendation
         return self._slash(recommendation, consumer)
 
     def _slash(self, rec: SlashRecommendation, consumer: str | None) -> SlashRecommendation | None:
@@ -446,8 +510,11 @@ class Verifier:
         )
         return rec
 
-    def retry_pending_slashes(self, provider: str) -> None:
-        """Finish slashes whose records were marked but whose ledger call did not happen."""
+    def retry_pending_slashes(self, provider: str) -> list[SlashRecommendation]:
+        """Finish slashes whose records were marked but whose ledger call did not happen.
+
+        Returns the slashes done now (the caller expels those providers).
+        """
         assert self.ledger is not None
         with self.db() as s:
             refs = set(
@@ -457,24 +524,46 @@ class Verifier:
                     )
                 )
             )
-        if not refs:
-            return
+        pending: set[str] = {r for r in refs if r and not r.startswith(EXPELLED_UNSTAKED)}
+        if not pending:
+            return []
         with self.ledger.sessions() as s:
             done = set(s.scalars(select(Slash.evidence_ref).where(Slash.provider == provider)))
-        for ref in sorted(r for r in refs - done if r):
+        finished = []
+        for ref in sorted(pending - done):
             with self.db() as s:
                 rows = s.scalars(select(Evidence).where(Evidence.slash_ref == ref)).all()
                 records = [EvidenceRecord.from_json(json.dumps(r.record)) for r in rows]
-            stake = self.ledger.balance("provider_stake", provider)
-            policy = SlashPolicy(
-                min_records=1,
-                inference_fraction=self.slash_policy.inference_fraction,
-                metering_fraction=self.slash_policy.metering_fraction,
-                consumer_share=self.slash_policy.consumer_share,
+            stake = self.ledger.balance("provider_stake", provider) + self.ledger.balance(
+                "provider_unbonding", provider
             )
+            policy = replace(self.slash_policy, min_records=1)
             rec = recommend_slash(records, stake, policy)
-            if rec is not None:
-                self._slash(rec, None)
+            if rec is not None and rec.evidence_ref == ref and self._slash(rec, None):
+                finished.append(rec)
+        return finished
+
+    def finish_pending(self) -> dict[str, str]:
+        """At start-up: finish interrupted slashes; every provider to keep out, with the reason.
+
+        Slashed providers are read from the ledger by the caller; this adds the ones whose slash
+        was interrupted and the unstaked ones that were expelled without a slash.
+        """
+        if self.ledger is None:
+            return {}
+        with self.db() as s:
+            marked = s.execute(
+                select(Evidence.provider, Evidence.slash_ref).where(Evidence.slash_ref.is_not(None))
+            ).all()
+        out: dict[str, str] = {}
+        for provider in sorted({p for p, _ref in marked}):
+            for rec in self.retry_pending_slashes(provider):
+                out[provider] = rec.reason
+        for provider, ref in marked:
+            if ref and ref.startswith(EXPELLED_UNSTAKED):
+                out.setdefault(provider, "expelled on evidence (nothing staked to slash)")
+        self.expelled.update(out)
+        return out
 
     def status(self) -> dict[str, Any]:
         return {

@@ -30,10 +30,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
 from rigpool.protocol.signing import Identity, verify
-from rigpool.trust.metering import MeteringPolicy, MeterReading, compare
+from rigpool.trust.metering import MeteringPolicy, MeterReading
 from rigpool.trust.verification import ProviderClaim, Sampling, VerificationResult
 
 EVIDENCE_VERSION = 1
+#: domain separation of a provider's statement signature (as receipts have theirs), so it can
+#: never be replayed as any other message the agent signs
+STATEMENT_DOMAIN = b"rigpool-statement-v1:"
 Kind = Literal["inference", "metering"]
 
 
@@ -91,7 +94,7 @@ def provider_statement(
     def digest(obj: Any) -> str:
         return hashlib.sha256(_canonical(obj)).hexdigest()
 
-    return _canonical(
+    return STATEMENT_DOMAIN + _canonical(
         {
             "request_id": request_id,
             "model": model,
@@ -301,19 +304,21 @@ def verify_evidence(
     if record.kind == "metering":
         b = record.body
         reading = MeterReading(**{k: b[k] for k in MeterReading.__dataclass_fields__})
+        # Only an inflated completion count is fraud (agents claim no prompt tokens, and
+        # claiming fewer tokens harms nobody), so the test is one-sided on completions.
+        policy = MeteringPolicy()
         if b.get("output_ids"):
-            # The agent's own signed output is the count: one more token than the list holds
-            # would be the final EOS counted twice, anything beyond that is inflation.
-            signed = MeterReading(
-                **{
-                    **{k: b[k] for k in MeterReading.__dataclass_fields__},
-                    "gateway_completion_tokens": len(b["output_ids"]),
-                }
+            # The agent's own signed output is the reference: the agent signed `output_ids` and
+            # a count; a count above the list (beyond the tolerance) is inflation by its own word.
+            reference = len(b["output_ids"])
+        else:
+            reference = reading.gateway_completion_tokens
+        excess = reading.claimed_completion_tokens - reference
+        if excess <= policy.abs_tolerance + policy.rel_tolerance * reference:
+            reasons.append(
+                f"a claim of {reading.claimed_completion_tokens} tokens against {reference} "
+                "is no inflation to prove"
             )
-            if compare(signed, MeteringPolicy()) is None:
-                reasons.append("the claim matches the signed output: no inflation to prove")
-        elif compare(reading, MeteringPolicy()) is None:
-            reasons.append("counts agree within tolerance: no mismatch to prove")
         return EvidenceCheck(not reasons, tuple(reasons))
     if model_loader is None:
         return EvidenceCheck(False, (*reasons, "inference evidence needs a model loader"))
