@@ -28,7 +28,9 @@ import logging
 import math
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 from rigpool.core.errors import NotFound
@@ -65,6 +67,9 @@ if TYPE_CHECKING:
     from rigpool.coordinator.state import CoordinatorState
 
 log = logging.getLogger(__name__)
+
+#: threads that check probe answers (numpy over up to a few MiB each); bounds them in all cases
+_VERIFY_POOL = ThreadPoolExecutor(2, thread_name_prefix="rigpool-attest")
 
 #: how long past a round's deadline the coordinator still listens, so that an agent's own
 #: explanation ("cannot hold...", "not finished within...") reaches the refusal reason
@@ -320,20 +325,26 @@ async def attest_once(
         )
     if error:
         return _refused(challenge, f"probe not answered: {error}", reply_s)
+    loop = asyncio.get_running_loop()
     async with verify_slots or contextlib.nullcontext():
+        # On a pool of their own: an agent that hangs up cancels this task but not the thread,
+        # and its work must neither outgrow the pool's bound nor queue up the request path's.
         try:
-            answer = await asyncio.to_thread(answer_from_text, text)
+            answer = await loop.run_in_executor(_VERIFY_POOL, answer_from_text, text)
         except WireError as exc:
             return _refused(challenge, f"malformed probe answer: {exc}", reply_s)
-        return await asyncio.to_thread(
-            verify_attestation,
-            challenge,
-            response,
-            reply_s,
-            probe,
-            answer,
-            probe_s,
-            claimed_segment=claim.segment,
+        return await loop.run_in_executor(
+            _VERIFY_POOL,
+            partial(
+                verify_attestation,
+                challenge,
+                response,
+                reply_s,
+                probe,
+                answer,
+                probe_s,
+                claimed_segment=claim.segment,
+            ),
         )
 
 
