@@ -198,3 +198,25 @@ def test_failed_re_attestation_takes_the_agent_out_of_routing(
         assert server.agents_online() == 0
         assert attestation_of(server, agent)["status"] == "refused"  # type: ignore[index]
         assert complete(server).status_code == 503
+
+
+def test_an_agent_that_leaves_mid_challenge_is_not_left_pending(tmp_path, toy_model):
+    from netsupport import RawAgent
+    from rigpool.protocol.messages import Capabilities, GpuInfo, ModelOffer
+
+    caps = Capabilities(
+        backend="transformers",
+        gpus=[GpuInfo(name="NVIDIA GeForce RTX 3060", vram_mb=12288)],
+        models=[ModelOffer(name=TOY_MODEL_NAME, context_length=2048)],
+    )
+    with serve(tmp_path, toy_model) as server:
+        state = server.app.state.coordinator
+        raw = RawAgent(server.url, caps)
+        assert raw.recv(timeout=10)["type"] == "attest_challenge"  # ... and it never answers
+        assert state.attestations[raw.identity.agent_id].status == "pending"
+        raw.close()
+        wait_for(
+            lambda: state.attestations[raw.identity.agent_id].status == "not attested",
+            what="the verdict of an agent that left",
+        )
+        assert "left before" in state.attestations[raw.identity.agent_id].reasons[0]

@@ -522,3 +522,17 @@ async def _life(state: CoordinatorState, session: AgentSession, protocol_version
     except Exception:
         log.exception("attestation of agent %s failed on the coordinator", session.agent_id)
         await refuse(state, session, "coordinator error during attestation", retry=True)
+    finally:
+        # An agent that left in the middle of a challenge has no verdict: say so, rather than
+        # leave "pending" in the providers view for ever.
+        last = session.attestation
+        if last is not None and last.status == "pending":
+            _record(
+                state,
+                session,
+                AttestationRecord(
+                    status="not attested",
+                    gpu=last.gpu,
+                    reasons=("the agent left before its attestation finished",),
+                ),
+            )
