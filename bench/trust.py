@@ -43,6 +43,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from rigpool.devnet.adversaries import LETTERS, SLASHABLE
+from rigpool.devnet.server_thread import CoordinatorThread
 from rigpool.devnet.toymodel import default_cache_root, ensure_toy_model
 from rigpool.hardware.catalog import find_gpu
 from rigpool.trust.attestation import make_probe, refuse_timeout, size_challenge, verify_attestation
@@ -460,27 +462,6 @@ LIVE_AGENTS = (
     ("stall", "float32"),
     ("fake_a100", "float32"),
 )
-#: the issue's letters; (a)-(d) must be slashed through evidence, (e) refused at join
-LIVE_LETTERS = {
-    "smaller": "a",
-    "other": "a",
-    "quantized4": "b",
-    "random_text": "c",
-    "cached": "c",
-    "prefill_cheat": "a/c",
-    "inflate": "d",
-    "fake_a100": "e",
-    "stall": "f",
-}
-LIVE_SLASHED = (
-    "smaller",
-    "other",
-    "quantized4",
-    "random_text",
-    "cached",
-    "prefill_cheat",
-    "inflate",
-)
 LIVE_API_KEY = "rp-bench-trust-live-0123456789abcdef"
 LIVE_CONSUMER = "trust-bench-consumer"
 LIVE_STAKE = 1_000_000
@@ -497,50 +478,6 @@ def live_prompts(n: int) -> list[str]:
     words = LIVE_TEXT.split()
     w = len(words)
     return [" ".join(words[(i * 7 + j * 3) % w] for j in range(6 + i % 7)) for i in range(n)]
-
-
-class LiveServer:
-    """A real uvicorn coordinator on 127.0.0.1 in a thread (as tests/netsupport.ServerThread)."""
-
-    def __init__(self, settings: Any) -> None:
-        import uvicorn
-
-        from rigpool.coordinator.app import create_app
-        from rigpool.devnet.localnet import free_port
-        from rigpool.protocol.messages import MAX_FRAME_BYTES
-
-        self.port = free_port()
-        self.app = create_app(settings.model_copy(update={"port": self.port}))
-        config = uvicorn.Config(
-            self.app,
-            host="127.0.0.1",
-            port=self.port,
-            log_level="error",
-            ws_max_size=MAX_FRAME_BYTES,
-            lifespan="on",
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def state(self) -> Any:
-        return self.app.state.coordinator
-
-    def start(self) -> None:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the live coordinator did not start")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
 
 
 class LiveAgent:
@@ -630,7 +567,7 @@ def _live_settings(work: Path) -> Any:
     )
 
 
-def _wait_for_agents(server: LiveServer, agents: list[LiveAgent], deadline: float) -> None:
+def _wait_for_agents(server: CoordinatorThread, agents: list[LiveAgent], deadline: float) -> None:
     """Until every agent is routable or has exited (fake_a100 may be refused at join)."""
     fleet = server.state.fleet
     while time.monotonic() < deadline:
@@ -698,7 +635,7 @@ def _wait_checks_done(url: str, deadline: float) -> bool:
     return False
 
 
-def _live_rows(server: LiveServer, agents: list[LiveAgent]) -> tuple[list[dict], dict]:
+def _live_rows(server: CoordinatorThread, agents: list[LiveAgent]) -> tuple[list[dict], dict]:
     """Per agent: traffic, checks, evidence, slashes, from /v1/trust and the database."""
     import httpx
     from sqlalchemy import select
@@ -748,7 +685,7 @@ def _live_rows(server: LiveServer, agents: list[LiveAgent]) -> tuple[list[dict],
         row = {
             "kind": a.kind,
             "label": a.label,
-            "letter": LIVE_LETTERS.get(a.kind, ""),
+            "letter": LETTERS.get(a.kind, ""),
             "dtype": a.dtype,
             "agent_id": a.agent_id,
             "joined": a.joined,
@@ -792,7 +729,7 @@ def live_bench(n: int, concurrency: int, timeout_s: float, console: Console) -> 
     work = Path(tempfile.mkdtemp(prefix="rigpool-trust-live-"))
     agents = [LiveAgent(kind, dtype, work) for kind, dtype in LIVE_AGENTS]
     stop = threading.Event()
-    server: LiveServer | None = None
+    server: CoordinatorThread | None = None
     # The run stops by itself: past the timeout the main thread gets a Ctrl-C, and SIGTERM
     # acts like one, so the `finally` below always stops the agents and the coordinator.
     watchdog = threading.Timer(timeout_s, lambda: os.kill(os.getpid(), signal.SIGINT))
@@ -810,8 +747,7 @@ def live_bench(n: int, concurrency: int, timeout_s: float, console: Console) -> 
     try:
         watchdog.start()
         settings = _live_settings(work)
-        server = LiveServer(settings)
-        server.start()
+        server = CoordinatorThread(settings, log_level="error").start()
         db = server.state.db
         register_model(db, models.claimed, name=CLAIMED_MODEL)
         server.state.refresh_models()
@@ -868,7 +804,7 @@ def live_bench(n: int, concurrency: int, timeout_s: float, console: Console) -> 
     overhead = totals["validator_s"] / totals["serving_s"] if totals["serving_s"] else None
     by_kind = {r["kind"]: r for r in rows}
     honest = [r for r in rows if r["kind"] == "honest"]
-    cheats_ad = [r for r in rows if r["kind"] in LIVE_SLASHED]
+    cheats_ad = [r for r in rows if r["kind"] in SLASHABLE]
     detected = [r["requests_until_first_failed_check"] for r in cheats_ad]
     worst = max(detected) if detected and all(d is not None for d in detected) else None
     fake = by_kind["fake_a100"]

@@ -5,55 +5,21 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
-import uvicorn
-from sqlalchemy.orm import Session, sessionmaker
-
-from rigpool.coordinator.app import create_app
 from rigpool.coordinator.settings import Settings
-from rigpool.devnet.localnet import free_port
-from rigpool.protocol.messages import MAX_FRAME_BYTES
+from rigpool.devnet.server_thread import CoordinatorThread
 
 API_KEY = "rp-test-key-0123456789abcdef"
 
 
-class ServerThread:
+class ServerThread(CoordinatorThread):
     """A real uvicorn server on 127.0.0.1 in a background thread."""
-
-    def __init__(self, settings: Settings, port: int | None = None):
-        self.port = port or free_port()
-        self.app = create_app(settings.model_copy(update={"port": self.port}))
-        config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_level="warning",
-            ws_max_size=MAX_FRAME_BYTES, lifespan="on",
-        )  # fmt: skip
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def db(self) -> sessionmaker[Session]:
-        return self.app.state.coordinator.db
 
     def agents_online(self) -> int:
         return len(self.app.state.coordinator.hub.sessions)
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("test coordinator did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 def make_settings(tmp_path: Path, model_dirs: list[Path], **overrides: object) -> Settings:
@@ -171,3 +137,24 @@ class RawAgent:
     def close(self) -> None:
         self._closed.set()
         self.ws.close()
+
+
+class SharedBackend:
+    """The module's one loaded toy model, lent to one agent after another (close() keeps it)."""
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+        self.kind = backend.kind
+        self.emulated = False
+        self.device = backend.device
+        self.requests = 0
+
+    def models(self) -> Any:
+        return self._backend.models()
+
+    def generate(self, request: Any) -> AsyncIterator[Any]:
+        self.requests += 1
+        return self._backend.generate(request)  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        pass

@@ -7,16 +7,14 @@ near-uniform, which would make every statistic meaningless.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from rigpool.agent.backends.base import Finish, GenerationRequest, SamplingParams, TokenChunk
 from rigpool.agent.backends.transformers_backend import TransformersBackend
-from rigpool.devnet.toymodel import default_cache_root, ensure_toy_model
-from rigpool.trust.simulate import CLAIMED_MODEL, ModelSet, build_test_models
-from rigpool.trust.torchops import generate, load_model, teacher_force
+from rigpool.trust.simulate import CLAIMED_MODEL, ModelSet
+from rigpool.trust.torchops import generate, teacher_force
 from rigpool.trust.verification import ProviderClaim, Sampling, Validator
 
 PROMPTS = (
@@ -27,25 +25,7 @@ GREEDY: dict[str, Any] = {"temperature": 0.0}
 SAMPLED: dict[str, Any] = {"temperature": 1.0, "seed": 1234}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models on a shared 2-core machine: one thread is several times faster than two."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def trust_models() -> ModelSet:
-    return build_test_models(default_cache_root() / "trust-models-v1", ensure_toy_model())
-
-
-@pytest.fixture(scope="module")
-def validator(trust_models: ModelSet) -> Validator:
-    return Validator(load_model(trust_models.claimed), CLAIMED_MODEL)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _backend(folder: Any, dtype: str = "float32") -> TransformersBackend:

@@ -1,35 +1,36 @@
-"""Fixtures for the trust suite: the peaked test models, built once per machine and cached."""
+"""Fixtures for the trust suite (the test models and validator are in tests/conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from rigpool.devnet.toymodel import default_cache_root, ensure_toy_model
-from rigpool.trust.simulate import CLAIMED_MODEL, ModelSet, build_test_models
-from rigpool.trust.torchops import load_model
+from rigpool.protocol.signing import Identity
+from rigpool.trust.evidence import EvidenceRecord, inference_evidence
+from rigpool.trust.simulate import CLAIMED_MODEL, ModelSet
 from rigpool.trust.verification import Validator
+from trustsupport import served
 
 MODEL_NAME = CLAIMED_MODEL
 
 
 @pytest.fixture(scope="session", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models on a shared 2-core machine: one thread is several times faster than two."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_torch_thread(one_torch_thread: None) -> None:
+    """Every trust test runs torch on one thread (tests/conftest.py says why)."""
 
 
 @pytest.fixture(scope="session")
-def trust_models() -> ModelSet:
-    return build_test_models(default_cache_root() / "trust-models-v1", ensure_toy_model())
-
-
-@pytest.fixture(scope="session")
-def validator(trust_models: ModelSet) -> Validator:
-    return Validator(load_model(trust_models.claimed), MODEL_NAME)
+def cheat_record(trust_models: ModelSet, validator: Validator) -> EvidenceRecord:
+    """A real failed check of a cheating (smaller-model) provider, as read from a file."""
+    provider, checker = Identity.generate(), Identity.generate()
+    claim, signature = served("smaller", trust_models, provider)
+    result = validator.check(claim)
+    assert not result.passed
+    record = inference_evidence(
+        provider=provider.agent_id,
+        request_id="req-0",
+        claim=claim,
+        result=result,
+        provider_signature=signature,
+        validator=checker,
+    )
+    return EvidenceRecord.from_json(record.to_json())

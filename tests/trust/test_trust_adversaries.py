@@ -81,9 +81,6 @@ def network(tmp_path, trust_models):
         check_rate_floor=1.0,
         check_rate_cap=1.0,
         slash_min_records=3,
-        # The validator loads the model at its first check, seconds on a loaded 2-core machine:
-        # keep every check queued meanwhile (production sheds them instead).
-        verification_queue=10_000,
         # Round-robin gives every agent its share from the first batch, so each kind is checked
         # within a few requests (the P2C router spreads load too, but by latency, not evenly).
         routing_policy="round-robin",

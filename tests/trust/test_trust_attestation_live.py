@@ -6,14 +6,14 @@ fraction of a second, while a CPU claiming an A100 faces 256x256 work sized for 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from netsupport import API_KEY, AgentThread, ServerThread, make_settings, wait_for
+from netsupport import API_KEY, AgentThread, ServerThread, SharedBackend, make_settings, wait_for
 from rigpool.agent.attest import Attester
 from rigpool.agent.daemon import AgentRefused
 from rigpool.coordinator.keys import create_key
@@ -22,27 +22,6 @@ from rigpool.protocol.messages import AttestData, GpuInfo
 from rigpool.trust import attestation_agent
 
 A100 = [GpuInfo(name="NVIDIA A100-SXM4-80GB", vram_mb=81920)]
-
-
-class SharedBackend:
-    """The module's one loaded toy model, lent to one agent after another (close() keeps it)."""
-
-    def __init__(self, backend: Any) -> None:
-        self._backend = backend
-        self.kind = backend.kind
-        self.emulated = False
-        self.device = backend.device
-        self.requests = 0
-
-    def models(self) -> Any:
-        return self._backend.models()
-
-    def generate(self, request: Any) -> AsyncIterator[Any]:
-        self.requests += 1
-        return self._backend.generate(request)  # type: ignore[no-any-return]
-
-    async def close(self) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")

@@ -23,23 +23,6 @@ from rigpool.trust.verification import Sampling
 from trustsupport import served
 
 
-@pytest.fixture(scope="module")
-def cheat_record(trust_models, validator) -> EvidenceRecord:
-    provider, checker = Identity.generate(), Identity.generate()
-    claim, signature = served("smaller", trust_models, provider)
-    result = validator.check(claim)
-    assert not result.passed
-    record = inference_evidence(
-        provider=provider.agent_id,
-        request_id="req-0",
-        claim=claim,
-        result=result,
-        provider_signature=signature,
-        validator=checker,
-    )
-    return EvidenceRecord.from_json(record.to_json())  # as if read from a file
-
-
 def test_failed_check_reverifies_from_its_json(cheat_record, validator):
     check = verify_evidence(cheat_record, lambda name: validator)
     assert check.ok, check.reasons

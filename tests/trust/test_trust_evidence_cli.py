@@ -9,12 +9,11 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from rigpool.cli.main import app
 from rigpool.coordinator.db import open_database
-from rigpool.coordinator.tables import Evidence
+from rigpool.coordinator.verify_link import store_evidence
 from rigpool.protocol.signing import Identity
 from rigpool.trust.evidence import (
     EvidenceRecord,
@@ -35,22 +34,6 @@ def run(*args: str):
 def flat(text: str) -> str:
     """Output with rich's line wrapping undone."""
     return " ".join(text.split())
-
-
-@pytest.fixture(scope="module")
-def cheat_record(trust_models, validator) -> EvidenceRecord:
-    provider, checker = Identity.generate(), Identity.generate()
-    claim, signature = served("smaller", trust_models, provider)
-    result = validator.check(claim)
-    assert not result.passed
-    return inference_evidence(
-        provider=provider.agent_id,
-        request_id="req-0",
-        claim=claim,
-        result=result,
-        provider_signature=signature,
-        validator=checker,
-    )
 
 
 def metering_record(request_id: str = "r9", claimed: int = 40) -> EvidenceRecord:
@@ -203,17 +186,7 @@ def test_bad_files_are_clear_errors(tmp_path):
 
 
 def _insert(url: str, record: EvidenceRecord, created: datetime) -> None:
-    with open_database(url).begin() as session:
-        session.add(
-            Evidence(
-                provider=record.provider,
-                kind=record.kind,
-                request_id=record.request_id,
-                record_hash=record.record_hash,
-                record=json.loads(record.to_json()),
-                created=created,
-            )
-        )
+    store_evidence(open_database(url), record, created)
 
 
 def test_list_and_export_against_a_database(cheat_record, tmp_path):

@@ -14,7 +14,7 @@ import openai
 import pytest
 from sqlalchemy import select
 
-from netsupport import API_KEY, AgentThread, ServerThread, make_settings, wait_for
+from netsupport import API_KEY, AgentThread, ServerThread, SharedBackend, make_settings, wait_for
 from rigpool.coordinator.keys import create_key
 from rigpool.coordinator.tables import Evidence
 from rigpool.devnet.toymodel import TOY_MODEL_NAME
@@ -28,17 +28,8 @@ def loaded(toy_model: Path) -> Any:
 
 
 @pytest.fixture
-def toy_backend(loaded: Any) -> Any:
-    """The module's model, which an agent that stops must not close for the next test."""
-
-    class Shared(type(loaded)):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self.__dict__.update(loaded.__dict__)
-
-        async def close(self) -> None:
-            pass
-
-    return Shared()
+def toy_backend(loaded: Any) -> SharedBackend:
+    return SharedBackend(loaded)
 
 
 @pytest.fixture

@@ -60,6 +60,21 @@ def live(kind, providers, trust_models, agent: Identity, seed: int, **extra) -> 
     return LiveClaim(**values)
 
 
+def stored_failures(v, providers, trust_models, cheat, validator, seeds) -> list[EvidenceRecord]:
+    """Evidence records of failed checks of `cheat` (a smaller model), stored, not yet weighed."""
+    records = []
+    for seed in seeds:
+        c = live("smaller", providers, trust_models, cheat, seed)
+        result = v._validator(CLAIMED_MODEL, str(trust_models.claimed)).check(c.claim)
+        records.append(inference_evidence(
+            provider=cheat.agent_id, request_id=c.request_id, claim=c.claim, result=result,
+            provider_signature=c.signature, validator=validator,
+            prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
+        ))  # fmt: skip
+        store_evidence(v.db, records[-1])
+    return records
+
+
 @pytest.fixture
 def book(tmp_path):
     db = open_database(f"sqlite:///{tmp_path / 'c.db'}")
@@ -80,7 +95,7 @@ def verifier(db, ledger, **policy) -> Verifier:
 def run(v: Verifier, claims: list[tuple[str, LiveClaim | None]]) -> None:
     async def go() -> None:
         for provider, claim in claims:
-            v.consider(provider, claim)
+            v.consider(provider, lambda claim=claim: claim)
         await v.wait_idle(120)
         await v.close()
 
@@ -162,17 +177,7 @@ def test_a_crash_between_marking_and_slashing_is_finished_once(book, providers, 
     cheat, validator = Identity.generate(), Identity.generate()
     ledger.stake(cheat.agent_id, STAKE, "t" * 64)
     v = verifier(db, ledger)
-    records = []
-    for i in range(3):
-        c = live("smaller", providers, trust_models, cheat, 10 + i)
-        result = v._validator(CLAIMED_MODEL, str(trust_models.claimed)).check(c.claim)
-        record = inference_evidence(
-            provider=cheat.agent_id, request_id=c.request_id, claim=c.claim, result=result,
-            provider_signature=c.signature, validator=validator,
-            prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
-        )  # fmt: skip
-        store_evidence(db, record)
-        records.append(record)
+    records = stored_failures(v, providers, trust_models, cheat, validator, seeds=range(10, 13))
     ref = evidence_ref(records)
     with db.begin() as s:  # marked, then "crashed" before Ledger.slash
         s.execute(update(Evidence).values(slash_ref=ref))
@@ -223,16 +228,7 @@ def test_a_restart_finishes_an_interrupted_slash_before_any_hello(
     cheat, validator = Identity.generate(), Identity.generate()
     ledger.stake(cheat.agent_id, STAKE, "v" * 64)
     v = verifier(db, ledger)
-    records = []
-    for i in range(3):
-        c = live("smaller", providers, trust_models, cheat, 20 + i)
-        result = v._validator(CLAIMED_MODEL, str(trust_models.claimed)).check(c.claim)
-        records.append(inference_evidence(
-            provider=cheat.agent_id, request_id=c.request_id, claim=c.claim, result=result,
-            provider_signature=c.signature, validator=validator,
-            prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
-        ))  # fmt: skip
-        store_evidence(db, records[-1])
+    records = stored_failures(v, providers, trust_models, cheat, validator, seeds=range(20, 23))
     with db.begin() as s:
         s.execute(update(Evidence).values(slash_ref=evidence_ref(records)))
     fresh = verifier(db, ledger)

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from rigpool.cli.common import DEFAULT_DB, DbOption, err, fail
 from rigpool.trust.evidence import EvidenceCheck, EvidenceRecord, verify_evidence
 
 if TYPE_CHECKING:
@@ -32,22 +33,7 @@ evidence_app = typer.Typer(
     no_args_is_help=True,
 )
 console = Console()
-err = Console(stderr=True)
-
-DEFAULT_DB = "sqlite:///.rigpool/coordinator.db"
 SHORT_HASH = 12
-
-DbOption = Annotated[
-    str,
-    typer.Option(
-        "--db", envvar="RIGPOOL_DATABASE_URL", help="SQLAlchemy URL of the coordinator DB."
-    ),
-]
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/red] {escape(message)}")
-    return typer.Exit(code)
 
 
 def _open(db: str) -> sessionmaker[Session]:
@@ -57,11 +43,11 @@ def _open(db: str) -> sessionmaker[Session]:
     if db.startswith("sqlite"):
         path = db.split("///", 1)[-1]
         if path and path != ":memory:" and not Path(path).exists():
-            raise _fail(f"no coordinator database at {path} (give --db URL)")
+            raise fail(f"no coordinator database at {path} (give --db URL)")
     try:
         return open_database(db)
     except Exception as exc:  # any driver or migration error: say which database
-        raise _fail(f"cannot open the database {db}: {exc}") from None
+        raise fail(f"cannot open the database {db}: {exc}") from None
 
 
 def _failed_checks(record: dict[str, Any]) -> list[str]:
@@ -148,16 +134,16 @@ def export(
 
     prefix = hash_prefix.strip().lower()
     if not prefix or any(ch not in "0123456789abcdef" for ch in prefix):
-        raise _fail(f"{hash_prefix!r} is not a record hash (hex digits, or a prefix of them)")
+        raise fail(f"{hash_prefix!r} is not a record hash (hex digits, or a prefix of them)")
     query = select(Evidence).where(Evidence.record_hash.startswith(prefix)).limit(6)
     with _open(db)() as session:
         rows = list(session.scalars(query.order_by(Evidence.record_hash)))
     if not rows:
-        raise _fail(f"no evidence record whose hash starts with {prefix}")
+        raise fail(f"no evidence record whose hash starts with {prefix}")
     if len(rows) > 1:
         shown = ", ".join(r.record_hash[:16] for r in rows[:5])
         more = " ..." if len(rows) > 5 else ""
-        raise _fail(
+        raise fail(
             f"{prefix} is ambiguous: it matches {shown}{more}; give more characters of the hash"
         )
     row = rows[0]
@@ -165,7 +151,7 @@ def export(
         record = EvidenceRecord.from_json(json.dumps(row.record))
         text = record.to_json()
     except (TypeError, ValueError, KeyError) as exc:
-        raise _fail(f"record {row.record_hash} in the database is malformed: {exc}") from None
+        raise fail(f"record {row.record_hash} in the database is malformed: {exc}") from None
     if record.record_hash != row.record_hash:
         err.print(
             f"[yellow]warning:[/yellow] the stored record hashes to {record.record_hash}, "
@@ -177,7 +163,7 @@ def export(
     try:
         out.write_text(text)
     except OSError as exc:
-        raise _fail(f"cannot write {out}: {exc}") from None
+        raise fail(f"cannot write {out}: {exc}") from None
     err.print(f"wrote record {record.record_hash} to {escape(str(out))}")
 
 
@@ -190,7 +176,7 @@ def _parse_models(values: list[str]) -> dict[str, Path]:
     for value in values:
         name, sep, folder = value.partition("=")
         if not sep or not name or not folder:
-            raise _fail(f"--model {value!r} is not NAME=FOLDER")
+            raise fail(f"--model {value!r} is not NAME=FOLDER")
         models[name] = Path(folder)
     return models
 
@@ -251,23 +237,23 @@ def _read_record(file: Path) -> tuple[EvidenceRecord, str | None]:
     try:
         text = file.read_text()
     except (OSError, UnicodeDecodeError) as exc:
-        raise _fail(f"cannot read {file}: {exc}") from None
+        raise fail(f"cannot read {file}: {exc}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise _fail(f"{file} is not JSON ({exc})") from None
+        raise fail(f"{file} is not JSON ({exc})") from None
     if not isinstance(data, dict):
-        raise _fail(f"{file} is not an evidence record (expected a JSON object)")
+        raise fail(f"{file} is not an evidence record (expected a JSON object)")
     stated = data.get("record_hash")
     try:
         record = EvidenceRecord.from_json(text)
         record.record_hash  # noqa: B018 - hashing fails on fields JSON cannot hold
     except (TypeError, ValueError) as exc:
-        raise _fail(f"{file} is not an evidence record: {exc}") from None
+        raise fail(f"{file} is not an evidence record: {exc}") from None
     if record.kind not in ("inference", "metering"):
-        raise _fail(f"{file}: unknown evidence kind {record.kind!r}")
+        raise fail(f"{file}: unknown evidence kind {record.kind!r}")
     if not isinstance(record.body, dict) or not isinstance(record.result, dict):
-        raise _fail(f"{file} is not an evidence record: body and result must be objects")
+        raise fail(f"{file} is not an evidence record: body and result must be objects")
     return record, stated if isinstance(stated, str) else None
 
 
@@ -315,13 +301,13 @@ def verify(
     try:
         if record.kind == "inference":
             if not isinstance(model_name, str):
-                raise _fail(f"{file}: the inference record names no model")
+                raise fail(f"{file}: the inference record names no model")
             load(model_name)  # find and load it before the check, for a clear error
         check = verify_evidence(record, load)
     except _NoModel as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     except (KeyError, IndexError, TypeError, ValueError) as exc:
-        raise _fail(f"{file} is not a well-formed evidence record: {exc!r}") from None
+        raise fail(f"{file} is not a well-formed evidence record: {exc!r}") from None
     hash_note = (
         None
         if stated is None or stated == record.record_hash

@@ -14,13 +14,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from rigpool.cli.common import DEFAULT_DB, DbOption, err
 from rigpool.core.errors import RigpoolError
 from rigpool.ledger.chain import Chain
 
 ledger_app = typer.Typer(help="Inspect and settle the money ledger.", no_args_is_help=True)
 receipt_app = typer.Typer(help="Check receipts against the chain.", no_args_is_help=True)
 console = Console()
-err = Console(stderr=True)
 
 
 @receipt_app.callback()
@@ -28,12 +28,6 @@ def _receipt_group() -> None:
     """Check receipts against the chain (a group, so `rigpool receipt verify` keeps its name)."""
 
 
-DbOption = Annotated[
-    str,
-    typer.Option(
-        "--db", envvar="RIGPOOL_DATABASE_URL", help="SQLAlchemy URL of the coordinator DB."
-    ),
-]
 KeyOption = Annotated[
     Path,
     typer.Option("--coordinator-key", help="Coordinator keypair file (vault authority)."),
@@ -74,7 +68,7 @@ def _ledger(db: str):  # type: ignore[no-untyped-def]
 
 @ledger_app.command()
 def audit(
-    db: DbOption = "sqlite:///.rigpool/coordinator.db",
+    db: DbOption = DEFAULT_DB,
     coordinator_key: Annotated[
         Path | None, typer.Option("--coordinator-key", help="Coordinator keypair file.")
     ] = None,
@@ -114,7 +108,7 @@ def audit(
 
 @ledger_app.command()
 def balances(
-    db: DbOption = "sqlite:///.rigpool/coordinator.db",
+    db: DbOption = DEFAULT_DB,
     owner: Annotated[str | None, typer.Option(help="Only this owner's accounts.")] = None,
 ) -> None:
     """Print account balances (integer base units)."""
@@ -127,7 +121,7 @@ def balances(
 @ledger_app.command()
 def settle(
     coordinator_key: KeyOption,
-    db: DbOption = "sqlite:///.rigpool/coordinator.db",
+    db: DbOption = DEFAULT_DB,
     chain_journal: JournalOption = None,
     rpc_url: RpcOption = None,
     mint: MintOption = None,
@@ -158,7 +152,7 @@ def settle(
 @ledger_app.command()
 def recover(
     coordinator_key: KeyOption,
-    db: DbOption = "sqlite:///.rigpool/coordinator.db",
+    db: DbOption = DEFAULT_DB,
     chain_journal: JournalOption = None,
     rpc_url: RpcOption = None,
     mint: MintOption = None,

@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from rigpool.cli.common import DEFAULT_DB, DbOption, fail
 from rigpool.cli.evidence import evidence_app
 from rigpool.cli.fit import fit_command
 from rigpool.cli.ledger import ledger_app, receipt_app
@@ -32,19 +33,6 @@ keys_app = typer.Typer(
 )
 app.add_typer(keys_app, name="keys")
 console = Console()
-err = Console(stderr=True)
-
-DbOption = Annotated[
-    str,
-    typer.Option(
-        "--db", envvar="RIGPOOL_DATABASE_URL", help="SQLAlchemy URL of the coordinator DB."
-    ),
-]
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}")
-    return typer.Exit(code)
 
 
 def _logging(level: str) -> None:
@@ -57,7 +45,7 @@ def _logging(level: str) -> None:
 def coordinator(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    db: DbOption = "sqlite:///.rigpool/coordinator.db",
+    db: DbOption = DEFAULT_DB,
     model_dir: Annotated[
         list[Path] | None,
         typer.Option(
@@ -88,7 +76,7 @@ def coordinator(
         )
         application = create_app(settings)
     except (RigpoolError, ValueError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     console.print(
         f"coordinator listening on http://{host}:{port} (gateway: http://{host}:{port}/v1)"
     )
@@ -166,7 +154,7 @@ def provide(
         agent_backend = build_backend(opts)
         caps, note = capabilities_for(agent_backend, opts)
     except (RigpoolError, ValueError, OSError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     console.print(note)
     agent = Agent(coordinator, ident, agent_backend, caps, on_status=console.print)
 
@@ -179,7 +167,7 @@ def provide(
     try:
         asyncio.run(main())
     except AgentRefused as exc:
-        raise _fail(str(exc), code=2) from None
+        raise fail(str(exc), code=2) from None
     console.print("agent stopped")
 
 
@@ -223,7 +211,7 @@ def swarm(
     try:
         asyncio.run(run_swarm(coordinator, spec))
     except (RigpoolError, ValueError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 @keys_app.command("create")
@@ -233,7 +221,7 @@ def keys_create(
         str | None,
         typer.Option(help="Ledger account the key spends from (the consumer's wallet)."),
     ] = None,
-    db: DbOption = "sqlite:///.rigpool/coordinator.db",
+    db: DbOption = DEFAULT_DB,
 ) -> None:
     """Create an API key and print it (it is stored hashed and shown only this once)."""
     from rigpool.coordinator.db import open_database
@@ -257,7 +245,7 @@ def providers(
         response = httpx.get(coordinator.rstrip("/") + "/v1/providers", timeout=10)
         response.raise_for_status()
     except httpx.HTTPError as exc:
-        raise _fail(f"cannot read the fleet from {coordinator}: {exc}") from None
+        raise fail(f"cannot read the fleet from {coordinator}: {exc}") from None
     data = response.json()["data"]
     if json_out:
         typer.echo(json.dumps(data, indent=2))
@@ -295,7 +283,7 @@ def up(
     from rigpool.devnet.toymodel import ensure_toy_model
 
     if providers_count < 1:
-        raise _fail("--providers must be at least 1")
+        raise fail("--providers must be at least 1")
     key = api_key or "rp-local-" + secrets.token_urlsafe(16)
     folder = workdir or Path(tempfile.mkdtemp(prefix="rigpool-up-"))
     console.print("preparing the test model ...")
@@ -327,7 +315,7 @@ def up(
         while not stop:
             time.sleep(0.5)
     except NetworkError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     except KeyboardInterrupt:
         pass
     finally:
@@ -357,7 +345,7 @@ def demo(
             report_path=report,
         )
     except RuntimeError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if not ok:
         raise typer.Exit(1)
 

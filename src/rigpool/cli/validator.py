@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+
+from rigpool.cli.common import err
 
 validator_app = typer.Typer(
     help="Act as a validator: report provider scores.", no_args_is_help=True
 )
-err = Console(stderr=True)
 
 
 @validator_app.callback()

@@ -14,7 +14,7 @@ from rigpool.coordinator.settings import Settings
 from rigpool.coordinator.tables import Model
 from rigpool.coordinator.trust_link import ServiceBook
 from rigpool.coordinator.validators import ValidatorBoard
-from rigpool.coordinator.verify_link import Verifier
+from rigpool.coordinator.verify_link import VERIFIABLE_BACKENDS, Verifier
 from rigpool.gateway.billing import Billing, units
 from rigpool.gateway.ratelimit import RateLimiter
 from rigpool.hardware.catalog import match_nvml_name
@@ -85,6 +85,7 @@ class CoordinatorState:
             self.verifier.on_slashed = self.expel
             # Slashes a crash interrupted are finished before any agent may say hello.
             self.banned.update(self.verifier.finish_pending())
+            self.verifier.expelled.update(self.banned)
         self.limiter = RateLimiter(
             self.settings.rate_limit_per_min,
             self.settings.rate_limit_burst,
@@ -133,6 +134,11 @@ class CoordinatorState:
             )
         )
         self.service.joined(session.agent_id)
+        if self.verifier is not None and caps.backend in VERIFIABLE_BACKENDS:
+            for name in session.models:
+                model = self.model(name)
+                if model is not None:
+                    self.verifier.warm(name, model.path)
 
     def agent_heartbeat(self, session: AgentSession) -> None:
         if session.agent_id in self.fleet:

@@ -65,6 +65,9 @@ from rigpool.trust.verification import (
 
 log = logging.getLogger(__name__)
 
+#: backends that run the model themselves and so must send verification data with every answer
+VERIFIABLE_BACKENDS = frozenset({"transformers"})
+
 router = APIRouter()
 
 
@@ -147,8 +150,14 @@ class Outcome:
     evidence_hash: str = ""
     slash: SlashRecommendation | None = None
     reason: str = ""
-    #: already counted elsewhere (a metering check the gateway made itself)
-    counted: bool = False
+
+
+@dataclass(frozen=True)
+class _Check:
+    """A sampled request: `claim` builds what to check (on the verifier's thread)."""
+
+    provider: str
+    claim: Callable[[], LiveClaim | None]
 
 
 @dataclass(frozen=True)
@@ -206,18 +215,16 @@ class Verifier:
         self.token_window = token_window
         self.evidence_window_s = evidence_window_s
         self.providers: dict[str, ProviderVerification] = {}
-        #: providers slashed already (expelled; not slashed twice for one offence)
+        #: providers slashed already (expelled; not slashed twice for one offence): the owner
+        #: seeds it with the ledger's slashed providers at start-up
         self.expelled: set[str] = set()
-        if ledger is not None:
-            with ledger.sessions() as s:
-                self.expelled.update(s.scalars(select(Slash.provider)))
         self._rng = random.Random(seed)
         self._validators: dict[str, Validator] = {}
         self._unavailable: dict[str, str] = {}
         self._model_lock = threading.Lock()
         # Its own thread: checks never wait behind (or hold up) the request path's thread pool.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="rigpool-validator")
-        self._queue: asyncio.Queue[LiveClaim | _SlashReview] | None = None
+        self._queue: asyncio.Queue[_Check | _SlashReview] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -237,14 +244,19 @@ class Verifier:
         return seen
 
     def consider(
-        self, provider: str, live: LiveClaim | None, *, metering_evidence: str | None = None
+        self,
+        provider: str,
+        claim: Callable[[], LiveClaim | None],
+        *,
+        metering_evidence: str | None = None,
     ) -> bool:
         """Count one served request and maybe queue it for a check (call on the event loop).
 
-        `live` is None when the agent sent no verification data (emulated and proxy backends,
-        or generations too long for one frame). `metering_evidence` names the consumer of a
-        request whose token claim became evidence: the provider's evidence is weighed for a
-        slash whatever the sampling says. Returns whether a check was queued.
+        `claim` builds the `LiveClaim` (on the verifier's thread, and only for a sampled
+        request); it returns None when the agent sent nothing to check (emulated and proxy
+        backends, generations too long for one frame). `metering_evidence` names the consumer
+        of a request whose token claim became signed evidence: the provider's evidence is
+        weighed for a slash whatever the sampling says. Returns whether a check was queued.
         """
         seen = self.provider(provider)
         seen.served += 1
@@ -255,18 +267,15 @@ class Verifier:
         if not should_check(seen.belief, self._rng.random(), self.policy):
             return False
         seen.selected += 1
-        if live is None:
-            seen.unverifiable += 1
-            return False
         queue = self._ensure_worker()
         if queue.qsize() >= self.queue_size:
             seen.skipped += 1  # the validator is saturated: shed checks, never requests
             return False
         self._idle.clear()
-        queue.put_nowait(live)
+        queue.put_nowait(_Check(provider, claim))
         return True
 
-    def _ensure_worker(self) -> asyncio.Queue[LiveClaim | _SlashReview]:
+    def _ensure_worker(self) -> asyncio.Queue[_Check | _SlashReview]:
         if self._queue is None or self._worker is None or self._worker.done():
             self._queue = asyncio.Queue()
             self._worker = asyncio.get_running_loop().create_task(self._work(self._queue))
@@ -287,30 +296,34 @@ class Verifier:
             await asyncio.gather(self._worker, return_exceptions=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def _work(self, queue: asyncio.Queue[LiveClaim | _SlashReview]) -> None:
+    async def _work(self, queue: asyncio.Queue[_Check | _SlashReview]) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            live = await queue.get()
+            item = await queue.get()
             try:
-                loop = asyncio.get_running_loop()
-                if isinstance(live, _SlashReview):
+                if isinstance(item, _SlashReview):
                     slash = await loop.run_in_executor(
-                        self._executor, self.maybe_slash, live.provider, live.consumer
+                        self._executor, self.maybe_slash, item.provider, item.consumer
                     )
-                    await self._settle(Outcome(live.provider, None, slash=slash, counted=True))
+                    await self._slashed(self.provider(item.provider), item.provider, slash)
                 else:
-                    outcome = await loop.run_in_executor(self._executor, self._check, live)
-                    await self._settle(outcome)
+                    await self._settle(await loop.run_in_executor(self._executor, self._run, item))
             except Exception:  # one bad check must not stop verification for everyone
-                log.exception("verification for %s failed", live.provider)
+                log.exception("verification for %s failed", item.provider)
             finally:
                 if queue.empty():
                     self._idle.set()
 
+    def _run(self, item: _Check) -> Outcome:
+        live = item.claim()
+        if live is None:
+            return Outcome(item.provider, None, reason="nothing to check")
+        return self._check(live)
+
     async def _settle(self, outcome: Outcome) -> None:
         seen = self.provider(outcome.provider)
         if outcome.passed is None:
-            seen.unverifiable += 0 if outcome.counted else 1
-            await self._slashed(seen, outcome)
+            seen.unverifiable += 1
             return
         seen.checked += 1
         seen.validator_s += outcome.seconds
@@ -327,11 +340,11 @@ class Verifier:
         if outcome.evidence_hash:
             seen.evidence += 1
         self.on_checked(outcome.provider, outcome.passed)
-        await self._slashed(seen, outcome)
+        await self._slashed(seen, outcome.provider, outcome.slash)
         if not outcome.passed and outcome.result is None:
-            await self._unprovable(outcome.provider, seen, outcome.reason)
+            self._unprovable(outcome.provider, seen, outcome.reason)
 
-    async def _unprovable(self, provider: str, seen: ProviderVerification, reason: str) -> None:
+    def _unprovable(self, provider: str, seen: ProviderVerification, reason: str) -> None:
         """Count a failure nobody else could re-check; expel an agent that keeps failing so.
 
         A claim without data, under a bad signature or with ids that differ from the stream is
@@ -344,20 +357,23 @@ class Verifier:
         self.expelled.add(provider)
         why = f"{seen.unprovable} checked answers could not be verified (last: {reason})"
         log.warning("expelled %s: %s", provider, why)
-        result = self.on_slashed(provider, why)
-        if asyncio.iscoroutine(result):
-            await result
+        self._expel(provider, why)
 
-    async def _slashed(self, seen: ProviderVerification, outcome: Outcome) -> None:
-        if outcome.slash is not None:
-            seen.slashed += outcome.slash.amount
-            result = self.on_slashed(outcome.provider, outcome.slash.reason)
-            if asyncio.iscoroutine(result):
-                # Closing the expelled agent's socket waits for its close handshake: never let
-                # that hold up the checks queued behind this one.
-                task = asyncio.get_running_loop().create_task(result)
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+    async def _slashed(
+        self, seen: ProviderVerification, provider: str, slash: SlashRecommendation | None
+    ) -> None:
+        if slash is not None:
+            seen.slashed += slash.amount
+            self._expel(provider, slash.reason)
+
+    def _expel(self, provider: str, reason: str) -> None:
+        result = self.on_slashed(provider, reason)
+        if asyncio.iscoroutine(result):
+            # Closing the expelled agent's socket waits for its close handshake: never let that
+            # hold up the checks queued behind this one.
+            task = asyncio.get_running_loop().create_task(result)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def _token_window(self, provider: str, seen: ProviderVerification, stats: TokenStats) -> None:
         """The token test over a fixed window of checked requests (docs/trust.md).
@@ -375,6 +391,15 @@ class Verifier:
             log.warning("token statistics of %s fail over a window: %s", provider, verdict.detail)
             seen.belief = seen.belief.update(False, self.policy)
             seen.last_failure = f"token_statistics_aggregate: z = {verdict.value:.2f}"
+
+    def warm(self, model: str, path: str) -> None:
+        """Load `model`'s validator in the background (an agent that can be checked joined).
+
+        Loading takes seconds; done at the first check instead, it would hold up (and shed)
+        the checks queued meanwhile.
+        """
+        if model not in self._validators and model not in self._unavailable:
+            self._executor.submit(self._validator, model, path)
 
     # --- the check itself (worker thread) -----------------------------------------------------
 
@@ -581,8 +606,10 @@ class Verifier:
         }
 
 
-def store_evidence(db: sessionmaker[Session], record: EvidenceRecord) -> None:
-    """Keep a record in the `evidence` table (idempotent on its hash)."""
+def store_evidence(
+    db: sessionmaker[Session], record: EvidenceRecord, created: datetime | None = None
+) -> None:
+    """Keep a record in the `evidence` table (idempotent on its hash); `created`: now."""
     with db.begin() as s:
         if s.scalar(select(Evidence.id).where(Evidence.record_hash == record.record_hash)):
             return
@@ -593,6 +620,6 @@ def store_evidence(db: sessionmaker[Session], record: EvidenceRecord) -> None:
                 request_id=record.request_id,
                 record_hash=record.record_hash,
                 record=json.loads(record.to_json()),
-                created=_utcnow(),
+                created=created or _utcnow(),
             )
         )

@@ -61,6 +61,21 @@ KINDS = (
     "fake_a100",
     "stall",
 )
+#: the issue's letter of each cheat: (a)-(d) must end in a slash through evidence, (e) in a
+#: refusal at join, (f) in lost reputation
+LETTERS = {
+    "smaller": "a",
+    "other": "a",
+    "quantized4": "b",
+    "random_text": "c",
+    "cached": "c",
+    "prefill_cheat": "a/c",
+    "inflate": "d",
+    "fake_a100": "e",
+    "stall": "f",
+}
+#: the kinds that cheat on what they return or claim, and so must be slashed
+SLASHABLE = tuple(k for k, letter in LETTERS.items() if letter[0] in "abcd")
 #: the claim `fake_a100` makes (NVML's name and size of an A100 SXM4 80GB)
 FAKE_GPU = GpuInfo(name="NVIDIA A100-SXM4-80GB", vram_mb=81920)
 

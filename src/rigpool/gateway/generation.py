@@ -8,8 +8,6 @@ failover issue continues such streams on another replica.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import logging
 import time
@@ -25,7 +23,6 @@ from sqlalchemy.exc import IntegrityError
 from rigpool.coordinator.hub import AgentSession, Frame
 from rigpool.coordinator.state import CoordinatorState
 from rigpool.coordinator.tables import Model, RequestRecord
-from rigpool.coordinator.verify_link import LiveClaim, store_evidence
 from rigpool.core.errors import (
     BackendError,
     BadRequest,
@@ -37,15 +34,11 @@ from rigpool.core.errors import (
 from rigpool.gateway.auth import Caller
 from rigpool.gateway.billing import Hold
 from rigpool.gateway.common_schemas import SamplingFields
+from rigpool.gateway.provider_claims import check_metering
 from rigpool.gateway.tokenization import ModelTokenizer, load_tokenizer
 from rigpool.ledger import Ledger, ReceiptBody, countersign
 from rigpool.protocol.messages import Done, Error, Generate, Sampling, Token
-from rigpool.protocol.signing import verify
 from rigpool.scheduler.routing import Constraints, NoCandidate
-from rigpool.trust.evidence import claimed_sampling, metering_evidence, provider_statement
-from rigpool.trust.metering import MeteringPolicy, MeterReading, compare
-from rigpool.trust.verification import ProviderClaim
-from rigpool.trust.verification import Sampling as VerifiedSampling
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +89,10 @@ class Job:
     done: Done | None = None
     #: tokens the finishing attempt continued from (0 unless a failover continued the stream)
     attempt_offset: int = 0
-    #: the agent's token claim became metering evidence
+    #: the agent's token claim became metering evidence signed by the agent
     metering_evidence: bool = False
+    #: whether the agent's signature covers its verification data (checked once, on demand)
+    statement_ok: bool | None = None
 
     @property
     def output(self) -> str:
@@ -221,10 +216,6 @@ def open_hold(state: CoordinatorState, job: Job) -> None:
     )
 
 
-#: an agent may claim a little more than the gateway re-counts (tokenizer round trips differ
-#: by a token or two on odd text); more than this is inflation
-METERING_POLICY = MeteringPolicy(abs_tolerance=2, rel_tolerance=0.1)
-
 #: the error recorded when the client hangs up; it pays for the tokens it had received
 CLIENT_GONE = "client went away"
 
@@ -249,165 +240,6 @@ def close_hold(state: CoordinatorState, job: Job, *, ok: bool) -> None:
         job.provider_id,
     )
     job.charged, job.fee = capture.charged, capture.fee
-
-
-def check_metering(state: CoordinatorState, job: Job) -> None:
-    """Compare the agent's token claim with what it really returned; inflation is evidence.
-
-    The reference is the agent's own signed list of output ids when it sent one (that list must
-    also be what the gateway streamed: `live_claim` checks it), else the tokens the finishing
-    attempt streamed or the gateway's recount of the text, whichever is larger. Never the
-    recount alone: text cut at a stop string was generated (and is counted by an honest agent)
-    but never sent. Only a signed record can lead to a slash; an unsigned mismatch lowers the
-    provider's reputation and is kept as an unsigned record.
-    """
-    if job.provider_id is None or job.claimed_tokens is None or job.attempt_id is None:
-        return
-    done = job.done
-    signed = done is not None and _statement_holds(job, done)
-    if signed and done is not None and done.output_ids is not None:
-        reference = len(done.output_ids)
-    else:
-        streamed = len(job.tokens) - job.attempt_offset
-        reference = max(streamed, job.completion_tokens() if not job.attempt_offset else 0)
-    reading = MeterReading(
-        request_id=job.attempt_id,
-        agent_id=job.provider_id,
-        model=job.model.name,
-        claimed_prompt_tokens=len(done.prompt_ids or []) if signed and done else job.prompt_tokens,
-        claimed_completion_tokens=job.claimed_tokens,
-        gateway_prompt_tokens=job.prompt_tokens,
-        gateway_completion_tokens=reference,
-    )
-    mismatch = compare(reading, METERING_POLICY)
-    # Only inflation harms anyone: an agent claiming fewer tokens is not billed for them either.
-    inflated = mismatch is not None and mismatch.completion_delta > 0
-    state.observed(job.provider_id, ok=True, check=not inflated)
-    if not inflated or state.identity is None:
-        return
-    record = metering_evidence(
-        reading=reading,
-        provider_signature=done.statement_signature if signed and done else "",
-        coordinator=state.identity,
-        prompt_ids=done.prompt_ids if signed and done else None,
-        output_ids=done.output_ids if signed and done else None,
-        sampling=attempt_sampling(job) if signed else None,
-        logprobs=done.logprobs if signed and done else None,
-        commitments=_commitments(done) if signed and done else None,
-    )
-    log.warning("metering evidence against %s: %s", job.provider_id, record.record_hash)
-    store_evidence(state.db, record)
-    job.metering_evidence = signed
-
-
-def _commitments(done: Done) -> list[bytes] | None:
-    if done.commitments is None:
-        return None
-    try:
-        return [base64.b64decode(c, validate=True) for c in done.commitments]
-    except (binascii.Error, ValueError):
-        return None
-
-
-def attempt_sampling(job: Job) -> VerifiedSampling:
-    """The sampling the finishing attempt was sent (a continuation asks for fewer tokens)."""
-    sent = job.sampling.model_copy(
-        update={"max_tokens": job.sampling.max_tokens - job.attempt_offset}
-    )
-    return claimed_sampling(sent)
-
-
-def _statement_holds(job: Job, done: Done) -> bool:
-    """The agent's signature covers exactly the verification data in its `done`."""
-    if (
-        job.provider_id is None
-        or job.attempt_id is None
-        or not done.statement_signature
-        or done.prompt_ids is None
-        or done.output_ids is None
-    ):
-        return False
-    commitments = _commitments(done)
-    if done.commitments is not None and commitments is None:
-        return False
-    statement = provider_statement(
-        request_id=job.attempt_id,
-        model=job.model.name,
-        prompt_ids=done.prompt_ids,
-        output_ids=done.output_ids,
-        sampling=attempt_sampling(job),
-        logprobs=done.logprobs,
-        commitments=commitments,
-        prompt_tokens=len(done.prompt_ids),
-        completion_tokens=done.completion_tokens_claimed,
-    )
-    return verify(job.provider_id, statement, done.statement_signature)
-
-
-#: backends that run the model themselves and so must send verification data with every answer
-VERIFIABLE_BACKENDS = frozenset({"transformers"})
-
-
-def live_claim(state: CoordinatorState, job: Job) -> LiveClaim | None:
-    """What the verifier needs to re-check the job, or None when there is nothing to check.
-
-    Only a request served whole by one agent is checked (a failover continuation was generated
-    from a prompt the client never sent). An agent whose backend runs the model itself must send
-    the full data (ids, logprobs, commitments) under a valid signature, matching what the
-    gateway streamed and its own tokenisation of the prompt; anything less is a failed check
-    (`LiveClaim.mismatch`) rather than "unverifiable", or dropping the data would be a way out.
-    """
-    done = job.done
-    if done is None or job.provider_id is None or job.attempt_id is None or job.attempt_offset:
-        return None
-    session = state.hub.sessions.get(job.provider_id)
-    backend = session.capabilities.backend if session is not None else ""
-    complete = (
-        done.prompt_ids is not None
-        and done.output_ids is not None
-        and done.logprobs is not None
-        and done.commitments is not None
-        and bool(done.statement_signature)
-    )
-    if not complete and backend not in VERIFIABLE_BACKENDS:
-        return None  # proxies and emulated GPUs: unverifiable (no checks, lower reputation)
-    commitments = _commitments(done)
-    streamed = [t.token_id for t in job.tokens]
-    mismatch = ""
-    if not complete:
-        mismatch = f"a {backend} agent sent no complete verification data"
-    elif not _statement_holds(job, done):
-        mismatch = "the agent's signature does not cover its verification data"
-    elif (
-        streamed != (done.output_ids or [])[: len(streamed)]
-        or len(done.output_ids or []) > len(streamed) + 1
-    ):
-        mismatch = "claimed output ids differ from the streamed tokens"
-    elif job.tokenizer.encode(job.prompt) not in ([], done.prompt_ids):
-        mismatch = "claimed prompt ids are not the gateway's tokenisation of the prompt"
-    elif done.logprobs is not None and len(done.logprobs) != len(done.output_ids or []):
-        mismatch = "logprob count differs from the output"
-    return LiveClaim(
-        provider=job.provider_id,
-        request_id=job.attempt_id,
-        consumer=job.consumer,
-        model=job.model.name,
-        model_path=job.model.path,
-        claim=ProviderClaim(
-            model=job.model.name,
-            prompt_ids=tuple(done.prompt_ids or ()),
-            output_ids=tuple(done.output_ids or ()),
-            sampling=attempt_sampling(job),
-            logprobs=None if done.logprobs is None else tuple(done.logprobs),
-            commitments=None if commitments is None else tuple(commitments),
-        ),
-        signature=done.statement_signature,
-        prompt_text=job.prompt,
-        output_text=job.output,
-        prompt_tokens=len(done.prompt_ids or ()),
-        completion_tokens=done.completion_tokens_claimed,
-        mismatch=mismatch,
-    )
 
 
 def finish_record(

@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from functools import partial
 from typing import Any, Protocol
 
 from fastapi import Request
@@ -28,9 +29,9 @@ from rigpool.gateway.generation import (
     collect_receipt,
     finish_record,
     generate,
-    live_claim,
     open_hold,
 )
+from rigpool.gateway.provider_claims import live_claim
 from rigpool.protocol.messages import Token
 
 log = logging.getLogger(__name__)
@@ -173,13 +174,19 @@ def _background_receipt(state: CoordinatorState, job: Job) -> None:
 
 
 def _maybe_verify(state: CoordinatorState, job: Job) -> None:
-    """Offer a served request to the verifier, which samples it by the provider's check rate."""
-    if state.verifier is not None and job.provider_id is not None:
-        state.verifier.consider(
-            job.provider_id,
-            live_claim(state, job),
-            metering_evidence=job.consumer if job.metering_evidence else None,
-        )
+    """Offer a served request to the verifier, which samples it by the provider's check rate.
+
+    The claim itself is built on the verifier's thread, and only if the request is sampled.
+    """
+    if state.verifier is None or job.provider_id is None:
+        return
+    session = state.hub.sessions.get(job.provider_id)
+    backend = session.capabilities.backend if session is not None else ""
+    state.verifier.consider(
+        job.provider_id,
+        partial(live_claim, job, backend),
+        metering_evidence=job.consumer if job.metering_evidence else None,
+    )
 
 
 def _usage_chunk(formatter: Formatter, job: Job) -> dict[str, Any]:
