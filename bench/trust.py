@@ -66,12 +66,12 @@ from rigpool.trust.simulate import (
 )
 from rigpool.trust.toploc import CHUNK_TOKENS, commit_chunk
 from rigpool.trust.torchops import load_model
+from rigpool.trust.validator import Validator
 from rigpool.trust.verification import (
     ProviderClaim,
     Sampling,
     TokenStats,
     Tolerances,
-    Validator,
     aggregate_token_test,
 )
 

@@ -12,7 +12,7 @@ from rigpool.coordinator.keys import create_key
 from rigpool.devnet.toymodel import default_cache_root, ensure_toy_model
 from rigpool.trust.simulate import CLAIMED_MODEL, ModelSet, build_test_models
 from rigpool.trust.torchops import load_model
-from rigpool.trust.verification import Validator
+from rigpool.trust.validator import Validator
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,8 @@ from rigpool.agent.backends.base import Finish, GenerationRequest, SamplingParam
 from rigpool.agent.backends.transformers_backend import TransformersBackend
 from rigpool.trust.simulate import CLAIMED_MODEL, ModelSet
 from rigpool.trust.torchops import generate, teacher_force
-from rigpool.trust.verification import ProviderClaim, Sampling, Validator
+from rigpool.trust.validator import Validator
+from rigpool.trust.verification import ProviderClaim, Sampling
 
 PROMPTS = (
     "Tell me about the lighthouse.",

@@ -7,7 +7,7 @@ import pytest
 from rigpool.protocol.signing import Identity
 from rigpool.trust.evidence import EvidenceRecord, inference_evidence
 from rigpool.trust.simulate import CLAIMED_MODEL, ModelSet
-from rigpool.trust.verification import Validator
+from rigpool.trust.validator import Validator
 from trustsupport import served
 
 MODEL_NAME = CLAIMED_MODEL

@@ -158,7 +158,7 @@ def test_cheaters_are_caught_slashed_and_expelled_honest_agents_never(
 
         # Every stored record re-verifies from scratch with the re-checker's own model.
         from rigpool.trust.torchops import load_model
-        from rigpool.trust.verification import Validator
+        from rigpool.trust.validator import Validator
 
         checker = Validator(load_model(trust_models.claimed), CLAIMED_MODEL)
         with network.db() as s:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rigpool.agent.attest import data_frames
-from rigpool.coordinator.attest_link import AttestInbox
+from rigpool.coordinator.attest_records import AttestInbox
 from rigpool.hardware.catalog import cpu_spec, find_gpu
 from rigpool.protocol.channel import Opener, Sealer
 from rigpool.protocol.messages import MAX_FRAME_BYTES, AttestData, decode_agent_frame, encode

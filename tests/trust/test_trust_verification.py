@@ -6,11 +6,11 @@ import pytest
 
 from rigpool.trust.simulate import CLAIMED_MODEL as MODEL_NAME
 from rigpool.trust.simulate import ModelSet, make_provider, random_prompts
+from rigpool.trust.validator import Validator
 from rigpool.trust.verification import (
     ProviderClaim,
     Sampling,
     TokenStats,
-    Validator,
     VerificationResult,
     aggregate_token_test,
 )

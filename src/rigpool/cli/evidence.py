@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
     from rigpool.coordinator.tables import Evidence
-    from rigpool.trust.verification import Validator
+    from rigpool.trust.validator import Validator
 
 evidence_app = typer.Typer(
     help="List, export and re-verify evidence records (signed failed checks).",
@@ -220,7 +220,7 @@ def _loader(
             if not folder.is_dir():
                 raise _NoModel(f"model folder {folder} for {name!r} does not exist")
             from rigpool.trust.torchops import load_model
-            from rigpool.trust.verification import Validator
+            from rigpool.trust.validator import Validator
 
             err.print(f"loading {escape(name)} from {escape(str(folder))} ({dtype}) ...")
             try:

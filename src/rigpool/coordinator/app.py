@@ -17,6 +17,7 @@ from rigpool.coordinator.recovery import recover_interrupted
 from rigpool.coordinator.registry import mark_all_offline
 from rigpool.coordinator.settings import Settings
 from rigpool.coordinator.state import CoordinatorState
+from rigpool.coordinator.wiring import gateway_ports
 from rigpool.gateway import models_router
 from rigpool.gateway.chat import router as chat_router
 from rigpool.gateway.completions import router as completions_router
@@ -46,9 +47,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="rigpool coordinator", version=__version__, lifespan=lifespan)
     app.state.coordinator = state
+    app.state.gateway = gateway_ports(state)  # all the gateway sees of the coordinator
     install_error_handlers(app)
 
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit, limit=settings.max_body_bytes, read_timeout_s=settings.body_read_timeout_s
+    )
 
     @app.get("/healthz")
     async def healthz() -> dict[str, object]:

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-from rigpool.coordinator.attest_link import AttestationRecord, AttestInbox
+from rigpool.coordinator.attest_records import AttestationRecord, AttestInbox
 from rigpool.protocol.messages import (
     Cancel,
     Capabilities,

@@ -7,14 +7,14 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from rigpool.coordinator.attest_link import AttestBook
+from rigpool.coordinator.attest_records import AttestBook
 from rigpool.coordinator.hub import AgentSession, Hub
 from rigpool.coordinator.models import list_models
 from rigpool.coordinator.settings import Settings
 from rigpool.coordinator.tables import Model
 from rigpool.coordinator.trust_link import ServiceBook
 from rigpool.coordinator.validators import ValidatorBoard
-from rigpool.coordinator.verify_link import VERIFIABLE_BACKENDS, Verifier
+from rigpool.coordinator.verify_link import Verifier
 from rigpool.gateway.billing import Billing, units
 from rigpool.gateway.ratelimit import RateLimiter
 from rigpool.hardware.catalog import match_nvml_name
@@ -26,6 +26,7 @@ from rigpool.scheduler.fleet import AgentRecord, FleetIndex
 from rigpool.scheduler.hedging import HedgePolicy
 from rigpool.scheduler.routing import Constraints, NoCandidate, Route, Router
 from rigpool.trust.evidence import SlashPolicy
+from rigpool.trust.live import VERIFIABLE_BACKENDS
 from rigpool.trust.sampling import SamplingPolicy
 
 

@@ -53,20 +53,17 @@ from rigpool.trust.evidence import (
     recommend_slash,
     verify_evidence,
 )
+from rigpool.trust.live import LiveClaim
 from rigpool.trust.sampling import SamplingPolicy, SpooferBelief, check_rate, should_check
+from rigpool.trust.validator import Validator
 from rigpool.trust.verification import (
-    ProviderClaim,
     TokenStats,
     Tolerances,
-    Validator,
     VerificationResult,
     aggregate_token_test,
 )
 
 log = logging.getLogger(__name__)
-
-#: backends that run the model themselves and so must send verification data with every answer
-VERIFIABLE_BACKENDS = frozenset({"transformers"})
 
 router = APIRouter()
 
@@ -78,25 +75,6 @@ async def trust_view(request: Request) -> dict[str, Any]:
     if verifier is None:
         return {"verification": False, "providers": {}}
     return {"verification": True, **verifier.status()}
-
-
-@dataclass(frozen=True)
-class LiveClaim:
-    """One served request as the verifier receives it from the gateway."""
-
-    provider: str
-    request_id: str  # the attempt id the agent signed its statement for
-    consumer: str
-    model: str
-    model_path: str
-    claim: ProviderClaim
-    signature: str
-    prompt_text: str
-    output_text: str
-    prompt_tokens: int  # as the agent signed them
-    completion_tokens: int
-    #: why the claim disagrees with what the gateway saw ("" when it agrees)
-    mismatch: str = ""
 
 
 @dataclass

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from rigpool.coordinator.keys import authenticate
-from rigpool.coordinator.state import CoordinatorState
 from rigpool.core.errors import Unauthorized
+from rigpool.gateway.ports import GatewayPorts
 
 
 @dataclass(frozen=True)
@@ -28,12 +27,15 @@ async def require_api_key(request: Request) -> Caller:
         raise Unauthorized(
             "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'."
         )
-    state: CoordinatorState = request.app.state.coordinator
-    found = await asyncio.to_thread(authenticate, state.db, token.strip())
+    ports: GatewayPorts = request.app.state.gateway
+    token = token.strip()
+    found = ports.keys.cached(token) or await asyncio.to_thread(ports.keys.authenticate, token)
     if found is None:
         raise Unauthorized("Incorrect API key provided.")
     caller = Caller(*found)
-    state.limiter.admit(caller.key_id)
-    if state.limiter.daily_token_quota is not None:
-        await asyncio.to_thread(state.limiter.check_quota, state.db, caller.key_id)
+    ports.limiter.admit(caller.key_id)
+    if ports.limiter.daily_token_quota is not None:
+        await asyncio.to_thread(
+            ports.limiter.check_quota, ports.keys.tokens_used_today, caller.key_id
+        )
     return caller

@@ -6,24 +6,23 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from rigpool.coordinator.state import CoordinatorState
 from rigpool.gateway.auth import Caller, require_api_key
-from rigpool.gateway.generation import resolve_model
+from rigpool.gateway.ports import Catalog
+from rigpool.gateway.request import ModelInfo
+from rigpool.gateway.serving import ports_of, resolve_model
 
 router = APIRouter()
 
 
-def _model_card(state: CoordinatorState, name: str) -> dict[str, Any]:
-    model = state.model(name)
-    assert model is not None
+def _model_card(catalog: Catalog, model: ModelInfo) -> dict[str, Any]:
     return {
         "id": model.name,
         "object": "model",
-        "created": int(model.created.timestamp()),
+        "created": int(model.created),
         "owned_by": "rigpool",
         # Extensions (ignored by OpenAI clients): what the network can do for this model now.
         "context_length": model.context_length,
-        "providers": len(state.hub.serving(model.name)),
+        "providers": catalog.providers(model.name),
     }
 
 
@@ -31,14 +30,14 @@ def _model_card(state: CoordinatorState, name: str) -> dict[str, Any]:
 async def list_models(
     request: Request, _caller: Caller = Depends(require_api_key)
 ) -> dict[str, Any]:
-    state: CoordinatorState = request.app.state.coordinator
-    return {"object": "list", "data": [_model_card(state, m.name) for m in state.models()]}
+    catalog = ports_of(request).catalog
+    return {"object": "list", "data": [_model_card(catalog, m) for m in catalog.all()]}
 
 
 @router.get("/v1/models/{model:path}")
 async def get_model(
     model: str, request: Request, _caller: Caller = Depends(require_api_key)
 ) -> dict[str, Any]:
-    state: CoordinatorState = request.app.state.coordinator
-    resolve_model(state, model)
-    return _model_card(state, model)
+    ports = ports_of(request)
+    found, _tokenizer = resolve_model(ports, model)
+    return _model_card(ports.catalog, found)

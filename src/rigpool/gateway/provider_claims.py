@@ -18,19 +18,16 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from typing import TYPE_CHECKING
 
-from rigpool.coordinator.state import CoordinatorState
-from rigpool.coordinator.verify_link import VERIFIABLE_BACKENDS, LiveClaim, store_evidence
+from rigpool.gateway.ports import Trust
+from rigpool.gateway.request import Outcome, RequestSpec
 from rigpool.protocol.messages import Done
 from rigpool.protocol.signing import verify
 from rigpool.trust.evidence import claimed_sampling, metering_evidence, provider_statement
+from rigpool.trust.live import VERIFIABLE_BACKENDS, LiveClaim
 from rigpool.trust.metering import MeteringPolicy, MeterReading, compare
 from rigpool.trust.verification import ProviderClaim
 from rigpool.trust.verification import Sampling as VerifiedSampling
-
-if TYPE_CHECKING:
-    from rigpool.gateway.generation import Job
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +36,7 @@ log = logging.getLogger(__name__)
 METERING_POLICY = MeteringPolicy(abs_tolerance=2, rel_tolerance=0.1)
 
 
-def check_metering(state: CoordinatorState, job: Job) -> None:
+def check_metering(spec: RequestSpec, out: Outcome, trust: Trust) -> None:
     """Compare the agent's token claim with what it really returned; inflation is evidence.
 
     The reference is the agent's own list of output ids when that list is what the gateway
@@ -49,31 +46,32 @@ def check_metering(state: CoordinatorState, job: Job) -> None:
     signature can lead to a slash; an unsigned mismatch lowers the provider's reputation and is
     kept as an unsigned record.
     """
-    if job.provider_id is None or job.claimed_tokens is None or job.attempt_id is None:
+    if out.provider_id is None or out.claimed_tokens is None or out.attempt_id is None:
         return
-    done = job.done
-    listed = done is not None and _output_matches_stream(job, done)
+    done = out.done
+    listed = done is not None and _output_matches_stream(out, done)
     if listed and done is not None and done.output_ids is not None:
         reference = len(done.output_ids)
     else:
-        streamed = len(job.tokens) - job.attempt_offset
-        reference = max(streamed, job.completion_tokens() if not job.attempt_offset else 0)
+        streamed = len(out.tokens) - out.attempt_offset
+        reference = max(streamed, out.completion_tokens(spec) if not out.attempt_offset else 0)
     reading = MeterReading(
-        request_id=job.attempt_id,
-        agent_id=job.provider_id,
-        model=job.model.name,
-        claimed_prompt_tokens=job.prompt_tokens,  # agents do not claim prompt tokens
-        claimed_completion_tokens=job.claimed_tokens,
-        gateway_prompt_tokens=job.prompt_tokens,
+        request_id=out.attempt_id,
+        agent_id=out.provider_id,
+        model=spec.model.name,
+        claimed_prompt_tokens=spec.prompt_tokens,  # agents do not claim prompt tokens
+        claimed_completion_tokens=out.claimed_tokens,
+        gateway_prompt_tokens=spec.prompt_tokens,
         gateway_completion_tokens=reference,
     )
     mismatch = compare(reading, METERING_POLICY)
     # Only inflation harms anyone: an agent claiming fewer tokens is not billed for them either.
     inflated = mismatch is not None and mismatch.completion_delta > 0
-    state.observed(job.provider_id, ok=True, check=not inflated)
-    if not inflated or state.identity is None:
+    trust.metering_checked(out.provider_id, passed=not inflated)
+    identity = trust.identity
+    if not inflated or identity is None:
         return
-    signed = listed and done is not None and statement_holds(job, done)
+    signed = listed and done is not None and statement_holds(spec, out, done)
     if signed and done is not None:
         # What the agent signed: its own prompt count and sampling, so anyone can check it.
         reading = MeterReading(
@@ -82,16 +80,16 @@ def check_metering(state: CoordinatorState, job: Job) -> None:
     record = metering_evidence(
         reading=reading,
         provider_signature=done.statement_signature if signed and done else "",
-        coordinator=state.identity,
+        coordinator=identity,
         prompt_ids=done.prompt_ids if signed and done else None,
         output_ids=done.output_ids if signed and done else None,
-        sampling=attempt_sampling(job) if signed else None,
+        sampling=attempt_sampling(spec, out) if signed else None,
         logprobs=done.logprobs if signed and done else None,
         commitments=_commitments(done) if signed and done else None,
     )
-    log.warning("metering evidence against %s: %s", job.provider_id, record.record_hash)
-    store_evidence(state.db, record)
-    job.metering_evidence = signed
+    log.warning("metering evidence against %s: %s", out.provider_id, record.record_hash)
+    trust.store_evidence(record)
+    out.metering_evidence = signed
 
 
 def _commitments(done: Done) -> list[bytes] | None:
@@ -103,37 +101,37 @@ def _commitments(done: Done) -> list[bytes] | None:
         return None
 
 
-def _output_matches_stream(job: Job, done: Done) -> bool:
+def _output_matches_stream(out: Outcome, done: Done) -> bool:
     """Whether the agent's output ids are the tokens the finishing attempt streamed.
 
     One more is allowed: a final EOS the gateway did not wait for once the budget was spent.
     """
     if done.output_ids is None:
         return False
-    streamed = [t.token_id for t in job.tokens[job.attempt_offset :]]
+    streamed = [t.token_id for t in out.tokens[out.attempt_offset :]]
     listed = done.output_ids
     return listed[: len(streamed)] == streamed and len(listed) <= len(streamed) + 1
 
 
-def attempt_sampling(job: Job) -> VerifiedSampling:
+def attempt_sampling(spec: RequestSpec, out: Outcome) -> VerifiedSampling:
     """The sampling the finishing attempt was sent (a continuation asks for fewer tokens)."""
-    sent = job.sampling.model_copy(
-        update={"max_tokens": job.sampling.max_tokens - job.attempt_offset}
+    sent = spec.sampling.model_copy(
+        update={"max_tokens": spec.sampling.max_tokens - out.attempt_offset}
     )
     return claimed_sampling(sent)
 
 
-def statement_holds(job: Job, done: Done) -> bool:
+def statement_holds(spec: RequestSpec, out: Outcome, done: Done) -> bool:
     """The agent's signature covers exactly the verification data in its `done` (memoised)."""
-    if job.statement_ok is None:
-        job.statement_ok = _check_statement(job, done)
-    return job.statement_ok
+    if out.statement_ok is None:
+        out.statement_ok = _check_statement(spec, out, done)
+    return out.statement_ok
 
 
-def _check_statement(job: Job, done: Done) -> bool:
+def _check_statement(spec: RequestSpec, out: Outcome, done: Done) -> bool:
     if (
-        job.provider_id is None
-        or job.attempt_id is None
+        out.provider_id is None
+        or out.attempt_id is None
         or not done.statement_signature
         or done.prompt_ids is None
         or done.output_ids is None
@@ -143,20 +141,20 @@ def _check_statement(job: Job, done: Done) -> bool:
     if done.commitments is not None and commitments is None:
         return False
     statement = provider_statement(
-        request_id=job.attempt_id,
-        model=job.model.name,
+        request_id=out.attempt_id,
+        model=spec.model.name,
         prompt_ids=done.prompt_ids,
         output_ids=done.output_ids,
-        sampling=attempt_sampling(job),
+        sampling=attempt_sampling(spec, out),
         logprobs=done.logprobs,
         commitments=commitments,
         prompt_tokens=len(done.prompt_ids),
         completion_tokens=done.completion_tokens_claimed,
     )
-    return verify(job.provider_id, statement, done.statement_signature)
+    return verify(out.provider_id, statement, done.statement_signature)
 
 
-def live_claim(job: Job, backend: str) -> LiveClaim | None:
+def live_claim(spec: RequestSpec, out: Outcome, backend: str) -> LiveClaim | None:
     """What the verifier needs to re-check the job, or None when there is nothing to check.
 
     `backend` is the serving agent's backend kind. Only a request served whole by one agent is
@@ -167,8 +165,8 @@ def live_claim(job: Job, backend: str) -> LiveClaim | None:
     than "unverifiable", or dropping the data would be a way out. Runs on the verifier's
     thread, only for sampled requests.
     """
-    done = job.done
-    if done is None or job.provider_id is None or job.attempt_id is None or job.attempt_offset:
+    done = out.done
+    if done is None or out.provider_id is None or out.attempt_id is None or out.attempt_offset:
         return None
     complete = (
         done.prompt_ids is not None
@@ -182,32 +180,32 @@ def live_claim(job: Job, backend: str) -> LiveClaim | None:
     mismatch = ""
     if not complete:
         mismatch = f"a {backend} agent sent no complete verification data"
-    elif not statement_holds(job, done):
+    elif not statement_holds(spec, out, done):
         mismatch = "the agent's signature does not cover its verification data"
-    elif not _output_matches_stream(job, done):
+    elif not _output_matches_stream(out, done):
         mismatch = "claimed output ids differ from the streamed tokens"
-    elif job.tokenizer.encode(job.prompt) not in ([], done.prompt_ids):
+    elif spec.tokenizer.encode(spec.prompt) not in ([], done.prompt_ids):
         mismatch = "claimed prompt ids are not the gateway's tokenisation of the prompt"
     elif done.logprobs is not None and len(done.logprobs) != len(done.output_ids or []):
         mismatch = "logprob count differs from the output"
     commitments = _commitments(done)
     return LiveClaim(
-        provider=job.provider_id,
-        request_id=job.attempt_id,
-        consumer=job.consumer,
-        model=job.model.name,
-        model_path=job.model.path,
+        provider=out.provider_id,
+        request_id=out.attempt_id,
+        consumer=spec.consumer,
+        model=spec.model.name,
+        model_path=spec.model.path,
         claim=ProviderClaim(
-            model=job.model.name,
+            model=spec.model.name,
             prompt_ids=tuple(done.prompt_ids or ()),
             output_ids=tuple(done.output_ids or ()),
-            sampling=attempt_sampling(job),
+            sampling=attempt_sampling(spec, out),
             logprobs=None if done.logprobs is None else tuple(done.logprobs),
             commitments=None if commitments is None else tuple(commitments),
         ),
         signature=done.statement_signature,
-        prompt_text=job.prompt,
-        output_text=job.output,
+        prompt_text=spec.prompt,
+        output_text=out.output,
         prompt_tokens=len(done.prompt_ids or ()),
         completion_tokens=done.completion_tokens_claimed,
         mismatch=mismatch,

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, sessionmaker
-
-from rigpool.coordinator.tables import RequestRecord
 from rigpool.core.errors import RigpoolError
 
 
@@ -64,15 +61,18 @@ class RateLimiter:
             )
         bucket.tokens -= 1.0
 
-    def check_quota(self, db: sessionmaker[Session], key_id: int) -> None:
-        """Refuse a key that used its daily token quota (counted by the gateway, UTC days)."""
+    def check_quota(self, used_today: Callable[[int], int], key_id: int) -> None:
+        """Refuse a key that used its daily token quota (counted by the gateway, UTC days).
+
+        `used_today(key_id)` seeds a key's count from the requests table (may block).
+        """
         if self.daily_token_quota is None:
             return
         today = datetime.now(UTC).strftime("%Y-%m-%d")
         if today != self._day:
             self._day, self._used_today = today, {}
         if key_id not in self._used_today:
-            self._used_today[key_id] = _tokens_used_today(db, key_id)
+            self._used_today[key_id] = used_today(key_id)
         if self._used_today[key_id] >= self.daily_token_quota:
             now = datetime.now(UTC)
             left = 86400 - (now.hour * 3600 + now.minute * 60 + now.second)
@@ -85,16 +85,3 @@ class RateLimiter:
     def charge(self, key_id: int, tokens: int) -> None:
         if self.daily_token_quota is not None and key_id in self._used_today:
             self._used_today[key_id] += tokens
-
-
-def _tokens_used_today(db: sessionmaker[Session], key_id: int) -> int:
-    start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0, tzinfo=None)
-    with db() as session:
-        used = session.scalar(
-            select(
-                func.coalesce(
-                    func.sum(RequestRecord.prompt_tokens + RequestRecord.completion_tokens), 0
-                )
-            ).where(RequestRecord.api_key_id == key_id, RequestRecord.created >= start)
-        )
-    return int(used or 0)

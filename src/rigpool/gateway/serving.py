@@ -1,7 +1,13 @@
-"""The HTTP half shared by the OpenAI endpoints: streamed (SSE) and plain responses.
+"""The HTTP half shared by the OpenAI endpoints: admission, then a streamed (SSE) or plain answer.
 
-Each endpoint supplies a `Formatter` for its wire shape; admission, idempotency, the wait for the
-first token, metering and recording are the same for both and live here once.
+One request, top to bottom (`serve`):
+1. the endpoint has built an immutable `RequestSpec` (validated, rendered, counted);
+2. **admit**: the `requests` row (idempotency) and the escrow hold, before anything is routed;
+3. **dispatch** (`gateway/dispatch.py`): route, hedge, fail over, stream tokens into the
+   `Outcome`;
+4. **finish** (`gateway/finish.py`): escrow, row, metering, receipt, verifier - whatever ended
+   the request (success, failure, the client hanging up).
+Each endpoint supplies a `Formatter` for its wire shape.
 """
 
 from __future__ import annotations
@@ -9,48 +15,98 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
-import time
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
-from functools import partial
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Protocol
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from rigpool.coordinator.state import CoordinatorState
-from rigpool.core.errors import RigpoolError
+from rigpool.core.errors import NotFound, RigpoolError
+from rigpool.gateway.auth import Caller
+from rigpool.gateway.common_schemas import SamplingFields
+from rigpool.gateway.dispatch import Dispatcher
 from rigpool.gateway.errors import error_body, error_response, rigpool_error_response
-from rigpool.gateway.generation import (
+from rigpool.gateway.finish import finish, spawn
+from rigpool.gateway.ports import GatewayPorts
+from rigpool.gateway.request import (
     CLIENT_GONE,
+    Ending,
     IdempotentReplay,
-    Job,
-    admit,
-    collect_receipt,
-    finish_record,
-    generate,
-    open_hold,
+    ModelInfo,
+    Outcome,
+    RequestSpec,
+    new_request_id,
 )
-from rigpool.gateway.provider_claims import live_claim
-from rigpool.protocol.messages import Token
-
-log = logging.getLogger(__name__)
+from rigpool.protocol.messages import Sampling, Token
 
 
 class Formatter(Protocol):
-    def start_chunk(self, job: Job) -> dict[str, Any] | None: ...
-    def token_chunk(self, job: Job, token: Token) -> dict[str, Any]: ...
-    def finish_chunk(self, job: Job) -> dict[str, Any]: ...
-    def response(self, job: Job, usage: dict[str, int]) -> dict[str, Any]: ...
+    def start_chunk(self, spec: RequestSpec, out: Outcome) -> dict[str, Any] | None: ...
+    def token_chunk(self, spec: RequestSpec, out: Outcome, token: Token) -> dict[str, Any]: ...
+    def finish_chunk(self, spec: RequestSpec, out: Outcome) -> dict[str, Any]: ...
+    def response(self, spec: RequestSpec, out: Outcome) -> dict[str, Any]: ...
 
 
-def usage_of(job: Job) -> dict[str, int]:
-    completion = job.completion_tokens()
-    return {
-        "prompt_tokens": job.prompt_tokens,
-        "completion_tokens": completion,
-        "total_tokens": job.prompt_tokens + completion,
-    }
+def ports_of(request: Request) -> GatewayPorts:
+    ports: GatewayPorts = request.app.state.gateway
+    return ports
+
+
+def resolve_model(ports: GatewayPorts, name: str) -> tuple[ModelInfo, Any]:
+    """The registered model and its tokenizer, or a 404 naming the models there are."""
+    model = ports.catalog.model(name)
+    if model is None:
+        known = ", ".join(sorted(ports.catalog.names())) or "none registered"
+        raise NotFound(
+            f"The model '{name}' does not exist or you do not have access to it. "
+            f"Available: {known}.",
+            param="model",
+            code="model_not_found",
+        )
+    return model, ports.catalog.tokenizer(model)
+
+
+def new_spec(
+    body: SamplingFields,
+    *,
+    endpoint: str,
+    caller: Caller,
+    idempotency_key: str | None,
+    model: ModelInfo,
+    tokenizer: Any,
+    prompt: str,
+    messages: list[dict[str, str]] | None,
+    prompt_tokens: int,
+    max_tokens: int,
+    logprobs: bool,
+    top_logprobs: int,
+) -> RequestSpec:
+    """A spec from the fields chat and completions share; each endpoint supplies the rest."""
+    request_id = new_request_id("chatcmpl" if endpoint == "chat" else "cmpl")
+    return RequestSpec(
+        request_id=request_id,
+        api_key_id=caller.key_id,
+        consumer=caller.consumer,
+        idempotency_key=idempotency_key or request_id,
+        endpoint=endpoint,
+        model=model,
+        tokenizer=tokenizer,
+        prompt=prompt,
+        messages=None if messages is None else tuple(messages),
+        sampling=Sampling(
+            max_tokens=max_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            seed=body.seed,
+            stop=body.stop_list(),
+            logprobs=logprobs,
+            top_logprobs=top_logprobs,
+        ),
+        stream=body.stream,
+        prompt_tokens=prompt_tokens,
+        include_usage=body.include_usage(),
+        constraints=body.constraints(),
+    )
 
 
 def _sse(payload: dict[str, Any] | str) -> str:
@@ -58,11 +114,18 @@ def _sse(payload: dict[str, Any] | str) -> str:
     return f"data: {data}\n\n"
 
 
+def _admit(ports: GatewayPorts, spec: RequestSpec) -> Any:
+    """The request's row, then its escrow hold (one worker-thread hop for both)."""
+    ports.store.admit(spec)
+    return ports.escrow.hold(spec) if ports.escrow is not None else None
+
+
 async def serve(
-    state: CoordinatorState, job: Job, formatter: Formatter, request: Request
+    ports: GatewayPorts, spec: RequestSpec, formatter: Formatter, request: Request
 ) -> Response:
+    out = Outcome()
     try:
-        await asyncio.to_thread(admit, state, job)
+        hold = await asyncio.to_thread(_admit, ports, spec)
     except IdempotentReplay as replay:
         if replay.response is None:
             return error_response(
@@ -72,35 +135,90 @@ async def serve(
                 code="idempotency_conflict",
             )
         return JSONResponse(replay.response, headers={"Idempotent-Replayed": "true"})
-    try:
-        await asyncio.to_thread(open_hold, state, job)
-    except RigpoolError as exc:
-        await asyncio.to_thread(finish_record, state, job, error=exc.message, response=None)
+    except RigpoolError as exc:  # no balance for the hold: the row exists, close it
+        await finish(ports, spec, out, None, Ending.FAILED, error=exc.message)
         return rigpool_error_response(exc)
-    if job.stream:
-        return await _serve_stream(state, job, formatter)
-    return await _serve_plain(state, job, formatter)
+    tokens = Dispatcher(ports.routing, ports.agents, ports.limits, spec, out).run()
+    if spec.stream:
+        return await _serve_stream(ports, spec, out, hold, tokens, formatter)
+    return await _serve_plain(ports, spec, out, hold, tokens, formatter, request)
 
 
-async def _serve_plain(state: CoordinatorState, job: Job, formatter: Formatter) -> Response:
+async def _drain(tokens: AsyncGenerator[Token, None]) -> None:
+    async for _token in tokens:
+        pass
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns when the client disconnects (the body has been read: only that can arrive)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _serve_plain(
+    ports: GatewayPorts,
+    spec: RequestSpec,
+    out: Outcome,
+    hold: Any,
+    tokens: AsyncGenerator[Token, None],
+    formatter: Formatter,
+    request: Request,
+) -> Response:
+    # Watch the connection while the answer is generated: a client that hangs up stops the
+    # generation at once (and, having received nothing, pays nothing).
+    generation = asyncio.ensure_future(_drain(tokens))
+    watcher = asyncio.ensure_future(_client_gone(request))
     try:
-        async for _token in generate(state, job):
-            pass
-    except RigpoolError as exc:
-        await asyncio.to_thread(finish_record, state, job, error=exc.message, response=None)
-        return rigpool_error_response(exc)
+        await asyncio.wait({generation, watcher}, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
-        await asyncio.to_thread(finish_record, state, job, error=CLIENT_GONE, response=None)
+        generation.cancel()
+        watcher.cancel()
+        await _stop(generation, tokens)
+        await _finish_in_task(ports, spec, out, hold, Ending.CLIENT_GONE, CLIENT_GONE)
         raise
-    body = formatter.response(job, usage_of(job))
-    await asyncio.to_thread(finish_record, state, job, error=None, response=body)
-    _background_receipt(state, job)
-    _maybe_verify(state, job)
-    return JSONResponse(body, headers={"X-Request-Id": job.request_id})
+    watcher.cancel()
+    if not generation.done():
+        generation.cancel()
+        await _stop(generation, tokens)
+        await finish(ports, spec, out, hold, Ending.CLIENT_GONE, error=CLIENT_GONE)
+        return Response(status_code=499)  # nobody reads it; logged as the client's hang-up
+    try:
+        generation.result()
+    except RigpoolError as exc:
+        await finish(ports, spec, out, hold, Ending.FAILED, error=exc.message)
+        return rigpool_error_response(exc)
+    body = formatter.response(spec, out)
+    await finish(ports, spec, out, hold, Ending.OK, response=body)
+    return JSONResponse(body, headers={"X-Request-Id": spec.request_id})
 
 
-async def _serve_stream(state: CoordinatorState, job: Job, formatter: Formatter) -> Response:
-    tokens = generate(state, job)
+async def _stop(generation: asyncio.Future[None], tokens: AsyncGenerator[Token, None]) -> None:
+    with contextlib.suppress(BaseException):
+        await generation
+    with contextlib.suppress(Exception):
+        await tokens.aclose()
+
+
+async def _finish_in_task(
+    ports: GatewayPorts,
+    spec: RequestSpec,
+    out: Outcome,
+    hold: Any,
+    ending: Ending,
+    error: str | None,
+) -> None:
+    """Finish even when the caller's scope is being cancelled: in a task of its own."""
+    spawn(finish(ports, spec, out, hold, ending, error=error))
+
+
+async def _serve_stream(
+    ports: GatewayPorts,
+    spec: RequestSpec,
+    out: Outcome,
+    hold: Any,
+    tokens: AsyncGenerator[Token, None],
+    formatter: Formatter,
+) -> Response:
     # Wait for the first token before sending headers: until then a failure is still an HTTP
     # status (503, 400 ...) that any client handles, instead of an error inside a 200 stream.
     try:
@@ -108,93 +226,64 @@ async def _serve_stream(state: CoordinatorState, job: Job, formatter: Formatter)
     except StopAsyncIteration:
         first = None
     except RigpoolError as exc:
-        await asyncio.to_thread(finish_record, state, job, error=exc.message, response=None)
+        await finish(ports, spec, out, hold, Ending.FAILED, error=exc.message)
         return rigpool_error_response(exc)
+    except asyncio.CancelledError:
+        await _finish_in_task(ports, spec, out, hold, Ending.CLIENT_GONE, CLIENT_GONE)
+        raise
 
     async def body() -> AsyncIterator[str]:
-        error: str | None = None
-        delivered = False
+        ending: Ending = Ending.CLIENT_GONE
+        error: str | None = CLIENT_GONE
         try:
-            start = formatter.start_chunk(job)
+            start = formatter.start_chunk(spec, out)
             if start is not None:
                 yield _sse(start)
             if first is not None:
-                yield _sse(formatter.token_chunk(job, first))
+                yield _sse(formatter.token_chunk(spec, out, first))
                 async for token in tokens:
-                    yield _sse(formatter.token_chunk(job, token))
-            yield _sse(formatter.finish_chunk(job))
+                    yield _sse(formatter.token_chunk(spec, out, token))
             # Every token is out: from here on the request is complete and billable, even if
             # the client hangs up before reading the closing lines.
-            delivered = True
-            if job.include_usage:
-                yield _sse(_usage_chunk(formatter, job))
+            ending, error = Ending.OK, None
+            yield _sse(formatter.finish_chunk(spec, out))
+            if spec.include_usage:
+                yield _sse(_usage_chunk(formatter, spec, out))
             yield _sse("[DONE]")
         except RigpoolError as exc:
-            error = exc.message
+            ending, error = Ending.FAILED, exc.message
             yield _sse(error_body(exc.message, exc.error_type, exc.param, exc.code))
-        except (asyncio.CancelledError, GeneratorExit):
-            if not delivered:
-                error = CLIENT_GONE
+        except Exception:
+            ending, error = Ending.FAILED, "internal error"
             raise
         finally:
             # The request's scope may be cancelled (client gone): finish in a task of its own,
             # so the escrow is always settled and the row always written.
-            _spawn(_finish_stream(state, job, tokens, error))
+            spawn(_finish_stream(ports, spec, out, hold, tokens, ending, error))
 
     return StreamingResponse(
         body(),
         media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Request-Id": job.request_id},
+        headers={"Cache-Control": "no-cache", "X-Request-Id": spec.request_id},
     )
-
-
-_background: set[asyncio.Task[None]] = set()
-
-
-def _spawn(coro: Coroutine[Any, Any, None]) -> None:
-    task = asyncio.get_running_loop().create_task(coro)
-    _background.add(task)  # keep a reference until it is done
-    task.add_done_callback(_background.discard)
 
 
 async def _finish_stream(
-    state: CoordinatorState, job: Job, tokens: AsyncGenerator[Token, None], error: str | None
+    ports: GatewayPorts,
+    spec: RequestSpec,
+    out: Outcome,
+    hold: Any,
+    tokens: AsyncGenerator[Token, None],
+    ending: Ending,
+    error: str | None,
 ) -> None:
     with contextlib.suppress(Exception):
         await tokens.aclose()
-    await asyncio.to_thread(finish_record, state, job, error=error, response=None)
-    if error is None:
-        _background_receipt(state, job)
-        _maybe_verify(state, job)
+    await finish(ports, spec, out, hold, ending, error=error)
 
 
-def _background_receipt(state: CoordinatorState, job: Job) -> None:
-    if job.charged:
-        _spawn(collect_receipt(state, job))
-
-
-def _maybe_verify(state: CoordinatorState, job: Job) -> None:
-    """Offer a served request to the verifier, which samples it by the provider's check rate.
-
-    The claim itself is built on the verifier's thread, and only if the request is sampled.
-    """
-    if state.verifier is None or job.provider_id is None:
-        return
-    session = state.hub.sessions.get(job.provider_id)
-    backend = session.capabilities.backend if session is not None else ""
-    state.verifier.consider(
-        job.provider_id,
-        partial(live_claim, job, backend),
-        metering_evidence=job.consumer if job.metering_evidence else None,
-    )
-
-
-def _usage_chunk(formatter: Formatter, job: Job) -> dict[str, Any]:
-    chunk = formatter.finish_chunk(job)
+def _usage_chunk(formatter: Formatter, spec: RequestSpec, out: Outcome) -> dict[str, Any]:
+    chunk = formatter.finish_chunk(spec, out)
     chunk["choices"] = []
-    chunk["usage"] = usage_of(job)
+    chunk["usage"] = out.usage(spec)
     return chunk
-
-
-def now_s() -> int:
-    return int(time.time())

@@ -290,7 +290,7 @@ def verify_evidence(
     Args:
         record: The record (e.g. ``EvidenceRecord.from_json(path.read_text())``).
         model_loader: Model name -> a checker with ``check(claim)`` (normally a
-            `verification.Validator` around the re-checker's own copy of the model). Needed for
+            `validator.Validator` around the re-checker's own copy of the model). Needed for
             inference records only.
 
     """

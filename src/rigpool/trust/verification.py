@@ -25,8 +25,8 @@ docs/trust.md and bench/results/trust.json for the measured distributions):
    requests (`TokenStats.combine`), and the aggregate is tested too.
 
 This module is pure (numpy): `judge` turns a `ForcedPass` (numbers from `torchops.teacher_force`)
-and a `ProviderClaim` into a `VerificationResult`. `Validator` glues the two and imports torch
-only when it runs a model.
+and a `ProviderClaim` into a `VerificationResult`; `trust/validator.py` glues the two (it alone
+reaches torch, through `torchops`, so this module and `torchops` never import each other).
 """
 
 from __future__ import annotations
@@ -343,31 +343,3 @@ def aggregate_token_test(stats: Sequence[TokenStats], z_limit: float = 5.0) -> C
         z_limit,
         f"{total.n} tokens over {len(stats)} requests",
     )
-
-
-class Validator:
-    """Checks claims against one locally loaded copy of the claimed model.
-
-    Args:
-        model: A loaded Hugging Face causal LM (see `torchops.load_model`), or anything
-            `torchops.teacher_force` accepts.
-        name: The model name claims must carry.
-        tolerances: Pass limits (default: the calibrated `Tolerances()`).
-
-    """
-
-    def __init__(self, model: Any, name: str, tolerances: Tolerances | None = None) -> None:
-        self.model = model
-        self.name = name
-        self.tolerances = tolerances or Tolerances()
-
-    def forced_pass(self, claim: ProviderClaim) -> ForcedPass:
-        from rigpool.trust.torchops import teacher_force
-
-        return teacher_force(self.model, claim.prompt_ids, claim.output_ids, claim.sampling)
-
-    def check(self, claim: ProviderClaim) -> VerificationResult:
-        if claim.model != self.name:
-            bad = CheckResult("model", False, 0.0, 0.0, f"claim is for {claim.model!r}")
-            return VerificationResult(False, (bad,), TokenStats(), len(claim.output_ids))
-        return judge(self.forced_pass(claim), claim, self.tolerances)

@@ -8,66 +8,61 @@ from typing import Any
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import Response
 
-from rigpool.coordinator.state import CoordinatorState
 from rigpool.core.errors import BadRequest
 from rigpool.gateway.auth import Caller, require_api_key
 from rigpool.gateway.chat.schemas import ChatCompletionRequest
-from rigpool.gateway.generation import (
-    DEFAULT_CHAT_MAX_TOKENS,
-    Job,
-    check_context,
-    new_job,
-    resolve_model,
-)
-from rigpool.gateway.serving import serve
+from rigpool.gateway.request import DEFAULT_CHAT_MAX_TOKENS, Outcome, RequestSpec, check_context
+from rigpool.gateway.serving import new_spec, ports_of, resolve_model, serve
 from rigpool.protocol.messages import Token
 
 router = APIRouter()
 
 
 class ChatFormatter:
-    def _chunk(self, job: Job, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+    def _chunk(
+        self, spec: RequestSpec, out: Outcome, delta: dict[str, Any], finish: str | None
+    ) -> dict[str, Any]:
         return {
-            "id": job.request_id,
+            "id": spec.request_id,
             "object": "chat.completion.chunk",
-            "created": int(job.created),
-            "model": job.model.name,
+            "created": int(spec.created),
+            "model": spec.model.name,
             # Deviation: the fingerprint names the provider that served the request.
-            "system_fingerprint": job.provider_id,
+            "system_fingerprint": out.provider_id,
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
         }
 
-    def start_chunk(self, job: Job) -> dict[str, Any] | None:
-        return self._chunk(job, {"role": "assistant", "content": ""}, None)
+    def start_chunk(self, spec: RequestSpec, out: Outcome) -> dict[str, Any] | None:
+        return self._chunk(spec, out, {"role": "assistant", "content": ""}, None)
 
-    def token_chunk(self, job: Job, token: Token) -> dict[str, Any]:
-        chunk = self._chunk(job, {"content": token.text}, None)
-        if job.sampling.logprobs:
+    def token_chunk(self, spec: RequestSpec, out: Outcome, token: Token) -> dict[str, Any]:
+        chunk = self._chunk(spec, out, {"content": token.text}, None)
+        if spec.sampling.logprobs:
             chunk["choices"][0]["logprobs"] = {"content": [_logprob_entry(token)]}
         return chunk
 
-    def finish_chunk(self, job: Job) -> dict[str, Any]:
-        return self._chunk(job, {}, job.finish_reason)
+    def finish_chunk(self, spec: RequestSpec, out: Outcome) -> dict[str, Any]:
+        return self._chunk(spec, out, {}, out.finish_reason)
 
-    def response(self, job: Job, usage: dict[str, int]) -> dict[str, Any]:
+    def response(self, spec: RequestSpec, out: Outcome) -> dict[str, Any]:
         logprobs = (
-            {"content": [_logprob_entry(t) for t in job.tokens]} if job.sampling.logprobs else None
+            {"content": [_logprob_entry(t) for t in out.tokens]} if spec.sampling.logprobs else None
         )
         return {
-            "id": job.request_id,
+            "id": spec.request_id,
             "object": "chat.completion",
-            "created": int(job.created),
-            "model": job.model.name,
+            "created": int(spec.created),
+            "model": spec.model.name,
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": job.output},
+                    "message": {"role": "assistant", "content": out.output},
                     "logprobs": logprobs,
-                    "finish_reason": job.finish_reason,
+                    "finish_reason": out.finish_reason,
                 }
             ],
-            "usage": usage,
-            "system_fingerprint": job.provider_id,
+            "usage": out.usage(spec),
+            "system_fingerprint": out.provider_id,
         }
 
 
@@ -93,14 +88,14 @@ async def chat_completions(
     caller: Caller = Depends(require_api_key),
     idempotency_key: str | None = Header(default=None, max_length=128),
 ) -> Response:
-    state: CoordinatorState = request.app.state.coordinator
-    if len(body.messages) > state.settings.max_messages:
+    ports = ports_of(request)
+    if len(body.messages) > ports.limits.max_messages:
         raise BadRequest(
-            f"at most {state.settings.max_messages} messages per request", param="messages"
+            f"at most {ports.limits.max_messages} messages per request", param="messages"
         )
     if body.top_logprobs and not body.logprobs:
         raise BadRequest("top_logprobs requires logprobs=true", param="top_logprobs")
-    model, tokenizer = resolve_model(state, body.model)
+    model, tokenizer = resolve_model(ports, body.model)
     messages = body.plain_messages()
     prompt = tokenizer.render_chat(messages)
     prompt_tokens = tokenizer.count(prompt)
@@ -108,7 +103,7 @@ async def chat_completions(
     if max_tokens is None:
         max_tokens = max(1, min(DEFAULT_CHAT_MAX_TOKENS, model.context_length - prompt_tokens))
     check_context(model, prompt_tokens, max_tokens)
-    job = new_job(
+    spec = new_spec(
         body,
         endpoint="chat",
         caller=caller,
@@ -122,4 +117,4 @@ async def chat_completions(
         logprobs=body.logprobs,
         top_logprobs=body.top_logprobs or 0,
     )
-    return await serve(state, job, ChatFormatter(), request)
+    return await serve(ports, spec, ChatFormatter(), request)

@@ -7,50 +7,48 @@ from typing import Any
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import Response
 
-from rigpool.coordinator.state import CoordinatorState
 from rigpool.gateway.auth import Caller, require_api_key
 from rigpool.gateway.completions.schemas import CompletionRequest
-from rigpool.gateway.generation import Job, check_context, new_job, resolve_model
-from rigpool.gateway.serving import serve
+from rigpool.gateway.request import Outcome, RequestSpec, check_context
+from rigpool.gateway.serving import new_spec, ports_of, resolve_model, serve
 from rigpool.protocol.messages import Token
 
 router = APIRouter()
 
 
 class CompletionFormatter:
-    def _chunk(self, job: Job, text: str, logprobs: Any, finish: str | None) -> dict[str, Any]:
+    def _chunk(
+        self, spec: RequestSpec, out: Outcome, text: str, logprobs: Any, finish: str | None
+    ) -> dict[str, Any]:
         return {
-            "id": job.request_id,
+            "id": spec.request_id,
             "object": "text_completion",
-            "created": int(job.created),
-            "model": job.model.name,
+            "created": int(spec.created),
+            "model": spec.model.name,
             # Deviation: the fingerprint names the provider that served the request.
-            "system_fingerprint": job.provider_id,
+            "system_fingerprint": out.provider_id,
             "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}],
         }
 
-    def start_chunk(self, job: Job) -> dict[str, Any] | None:
+    def start_chunk(self, spec: RequestSpec, out: Outcome) -> dict[str, Any] | None:
         return None
 
-    def token_chunk(self, job: Job, token: Token) -> dict[str, Any]:
+    def token_chunk(self, spec: RequestSpec, out: Outcome, token: Token) -> dict[str, Any]:
         logprobs = (
-            _logprobs([token], offset=len(job.output) - len(token.text)) if _wants(job) else None
+            _logprobs([token], offset=len(out.output) - len(token.text))
+            if spec.sampling.logprobs
+            else None
         )
-        return self._chunk(job, token.text, logprobs, None)
+        return self._chunk(spec, out, token.text, logprobs, None)
 
-    def finish_chunk(self, job: Job) -> dict[str, Any]:
-        return self._chunk(job, "", None, job.finish_reason)
+    def finish_chunk(self, spec: RequestSpec, out: Outcome) -> dict[str, Any]:
+        return self._chunk(spec, out, "", None, out.finish_reason)
 
-    def response(self, job: Job, usage: dict[str, int]) -> dict[str, Any]:
-        body = self._chunk(
-            job, job.output, _logprobs(job.tokens, 0) if _wants(job) else None, job.finish_reason
-        )
-        body["usage"] = usage
+    def response(self, spec: RequestSpec, out: Outcome) -> dict[str, Any]:
+        logprobs = _logprobs(out.tokens, 0) if spec.sampling.logprobs else None
+        body = self._chunk(spec, out, out.output, logprobs, out.finish_reason)
+        body["usage"] = out.usage(spec)
         return body
-
-
-def _wants(job: Job) -> bool:
-    return job.sampling.logprobs
 
 
 def _logprobs(tokens: list[Token], offset: int) -> dict[str, Any]:
@@ -73,12 +71,12 @@ async def completions(
     caller: Caller = Depends(require_api_key),
     idempotency_key: str | None = Header(default=None, max_length=128),
 ) -> Response:
-    state: CoordinatorState = request.app.state.coordinator
-    model, tokenizer = resolve_model(state, body.model)
+    ports = ports_of(request)
+    model, tokenizer = resolve_model(ports, body.model)
     prompt = body.prompt_text()
     prompt_tokens = tokenizer.count(prompt)
-    check_context(model, prompt_tokens, body.max_tokens)
-    job = new_job(
+    check_context(model, prompt_tokens, body.max_tokens, prompt_param="prompt")
+    spec = new_spec(
         body,
         endpoint="completions",
         caller=caller,
@@ -92,4 +90,4 @@ async def completions(
         logprobs=body.logprobs is not None,
         top_logprobs=body.logprobs or 0,
     )
-    return await serve(state, job, CompletionFormatter(), request)
+    return await serve(ports, spec, CompletionFormatter(), request)

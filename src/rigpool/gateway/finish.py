@@ -1,0 +1,140 @@
+"""The end of every request, in one place and one order.
+
+1. **escrow**: capture what the client is billed for at the serving provider's price (fee to the
+   treasury), release the rest of the hold;
+2. **row**: the request's final row (status, provider, tokens, timings; a failed request frees
+   its idempotency key); the key's daily token count;
+3. **metering**: the agent's token claim against what it returned (inflation is evidence);
+4. **receipt**: for a paid request, the agent signs the receipt and the coordinator countersigns
+   it (in the background: the client already has its answer);
+5. **verifier**: a served request is offered to the verifier, which samples it.
+
+Who pays is one rule: **the client pays for the tokens it received**, whatever ended the request
+(its own hang-up, or a failure no failover could rescue), and the payment goes to the provider
+that was serving when the stream ended. A non-streamed client receives the answer only at the
+end, so one that hangs up or gets an error pays nothing (its generation is cancelled at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+from rigpool.core.errors import RigpoolError
+from rigpool.gateway.ports import GatewayPorts
+from rigpool.gateway.provider_claims import check_metering, live_claim
+from rigpool.gateway.request import Ending, Outcome, RequestSpec
+from rigpool.ledger.receipts import ReceiptBody, countersign
+
+log = logging.getLogger(__name__)
+
+
+def billable_tokens(spec: RequestSpec, out: Outcome, ending: Ending) -> int:
+    """The completion tokens the client pays for: those it received."""
+    if not out.tokens or (ending is not Ending.OK and not spec.stream):
+        return 0
+    return out.completion_tokens(spec)
+
+
+def _settle_and_record(
+    ports: GatewayPorts,
+    spec: RequestSpec,
+    out: Outcome,
+    hold: Any,
+    ending: Ending,
+    error: str | None,
+    response: dict[str, Any] | None,
+) -> None:
+    """Steps 1-3, on a worker thread (they block on the database)."""
+    out.billed_tokens = billable_tokens(spec, out, ending)
+    if ports.escrow is not None:
+        ports.escrow.settle(spec, out, hold, billable=out.billed_tokens)
+    ports.store.finish(spec, out, status=ending.value, error=error, response=response)
+    ports.limiter.charge(spec.api_key_id, spec.prompt_tokens + out.billed_tokens)
+    if ending is Ending.OK:
+        check_metering(spec, out, ports.trust)
+
+
+async def finish(
+    ports: GatewayPorts,
+    spec: RequestSpec,
+    out: Outcome,
+    hold: Any,
+    ending: Ending,
+    *,
+    error: str | None = None,
+    response: dict[str, Any] | None = None,
+) -> None:
+    """End the request: escrow, row, metering, receipt, verifier (see the module doc)."""
+    await asyncio.to_thread(_settle_and_record, ports, spec, out, hold, ending, error, response)
+    if out.charged:
+        spawn(collect_receipt(ports, spec, out))
+    if ending is Ending.OK and out.provider_id is not None:
+        backend = ports.agents.backend_of(out.provider_id)
+        ports.trust.offer(
+            out.provider_id,
+            # built on the verifier's thread, and only if the request is sampled
+            partial(live_claim, spec, out, backend),
+            metering_evidence=spec.consumer if out.metering_evidence else None,
+        )
+
+
+async def collect_receipt(ports: GatewayPorts, spec: RequestSpec, out: Outcome) -> None:
+    """After a paid request: the agent signs the receipt, the coordinator countersigns, stores.
+
+    An agent that is gone or refuses leaves the capture in place and logs why: the ledger is
+    already balanced; only the provable receipt is missing.
+    """
+    identity = ports.trust.identity
+    agent = out.provider_id
+    if (
+        identity is None
+        or ports.escrow is None
+        or agent is None
+        or out.attempt_id is None
+        or not ports.agents.connected(agent)
+    ):
+        return
+    price_in, price_out = ports.escrow.receipt_terms(agent, spec.model.name)
+    body = ReceiptBody(
+        request_id=spec.request_id,
+        model=spec.model.name,
+        prompt_tokens=spec.prompt_tokens,
+        completion_tokens=out.billed_tokens,
+        price_input_per_million=price_in,
+        price_output_per_million=price_out,
+        amount=out.charged,
+        fee=out.fee,
+        provider_amount=out.charged - out.fee,
+        provider=agent,
+        consumer=spec.consumer,
+        coordinator=identity.agent_id,
+        time=datetime.now(UTC).replace(tzinfo=None),
+    )
+    try:
+        answer = await ports.agents.sign_receipt(agent, out.attempt_id, body.canonical().decode())
+    except (TimeoutError, ConnectionError, RuntimeError) as exc:
+        log.warning("no receipt signature for %s: %s", spec.request_id, exc or "timeout")
+        return
+    if answer.refused or not answer.signature:
+        log.warning("agent refused the receipt of %s: %s", spec.request_id, answer.refused)
+        return
+    try:
+        signed = countersign(body, answer.signature, identity)
+        await asyncio.to_thread(ports.escrow.record_receipt, signed)
+    except RigpoolError as exc:
+        log.warning("receipt of %s not recorded: %s", spec.request_id, exc.message)
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def spawn(coro: Coroutine[Any, Any, None]) -> None:
+    """Run `coro` in a task of its own, kept referenced until it is done."""
+    task = asyncio.get_running_loop().create_task(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
