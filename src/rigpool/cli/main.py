@@ -188,6 +188,12 @@ def swarm(
     straggle_factor: Annotated[float, typer.Option(help="Slowdown of a straggle.")] = 10.0,
     max_concurrency: Annotated[int, typer.Option(help="Requests per agent at once.")] = 8,
     seed: Annotated[int, typer.Option(help="Seed for stragglers.")] = 0,
+    price_in: Annotated[
+        float, typer.Option(help="Every agent's input price, USD per million tokens.")
+    ] = 0.0,
+    price_out: Annotated[
+        float, typer.Option(help="Every agent's output price, USD per million tokens.")
+    ] = 0.0,
 ) -> None:
     """Run many emulated-GPU agents in one process (load, tail and chaos tests)."""
     from rigpool.devnet.swarm import SwarmSpec, run_swarm
@@ -206,6 +212,8 @@ def swarm(
         straggle_factor=straggle_factor,
         max_concurrency=max_concurrency,
         seed=seed,
+        price_in_per_mtok=price_in,
+        price_out_per_mtok=price_out,
     )
     console.print(f"swarm of {agents} emulated agents -> {coordinator}")
     try:

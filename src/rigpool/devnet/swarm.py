@@ -36,6 +36,9 @@ class SwarmSpec:
     straggle_factor: float = 10.0
     max_concurrency: int = 8
     seed: int = 0
+    #: every agent's posted prices, USD per million tokens (0: free; receipts need a price)
+    price_in_per_mtok: float = 0.0
+    price_out_per_mtok: float = 0.0
 
 
 def build_agents(coordinator: str, spec: SwarmSpec) -> list[Agent]:
@@ -62,7 +65,13 @@ def build_agents(coordinator: str, spec: SwarmSpec) -> list[Agent]:
             backend=backend.kind,
             emulated=True,
             models=[
-                ModelOffer(name=m.name, context_length=m.context_length) for m in backend.models()
+                ModelOffer(
+                    name=m.name,
+                    context_length=m.context_length,
+                    price_in_per_mtok=spec.price_in_per_mtok,
+                    price_out_per_mtok=spec.price_out_per_mtok,
+                )
+                for m in backend.models()
             ],
             region=spec.region,
             max_concurrency=spec.max_concurrency,
