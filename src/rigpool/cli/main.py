@@ -65,11 +65,13 @@ def coordinator(
     """Run the coordinator: gateway, registry and the agents' WebSocket endpoint."""
     import uvicorn
 
+    from rigpool.coordinator.access_log import install_redaction
     from rigpool.coordinator.app import create_app
     from rigpool.coordinator.settings import Settings
     from rigpool.protocol.messages import MAX_FRAME_BYTES
 
     _logging(log_level)
+    install_redaction()  # query-string values (keys sent as ?api_key=...) stay out of the logs
     try:
         settings = Settings(
             database_url=db, host=host, port=port, model_dirs=model_dir or [], billing=billing

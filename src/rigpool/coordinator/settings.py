@@ -43,6 +43,10 @@ class Settings(BaseSettings):
 
     # Limits on what callers may send.
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    #: seconds from a request's headers to the last byte of its body (coordinator/body_limit.py):
+    #: a slower body is answered 408 and its connection closed, so a client that dribbles bytes
+    #: cannot hold a connection; 30 s is 1 MiB at ~35 kB/s
+    body_read_timeout_s: float = Field(default=30.0, gt=0)
     max_messages: int = Field(default=256, ge=1)
     max_n: int = Field(default=1, ge=1)
     # Per API key: requests per minute (token bucket with `rate_limit_burst`), daily tokens.

@@ -14,6 +14,7 @@ from typing import Any
 import uvicorn
 from sqlalchemy.orm import Session, sessionmaker
 
+from rigpool.coordinator.access_log import install_redaction
 from rigpool.coordinator.app import create_app
 from rigpool.coordinator.settings import Settings
 from rigpool.devnet.localnet import free_port
@@ -30,6 +31,7 @@ class CoordinatorThread:
             self.app, host="127.0.0.1", port=self.port, log_level=log_level,
             ws_max_size=MAX_FRAME_BYTES, lifespan="on",
         )  # fmt: skip
+        install_redaction()  # as `rigpool coordinator` does
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

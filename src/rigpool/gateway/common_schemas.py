@@ -2,11 +2,48 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import re
+from typing import Annotated
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from rigpool.scheduler.routing import Constraints
 
 MAX_STOP = 4  # OpenAI's own limit on stop sequences
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def has_lone_surrogate(text: str) -> bool:
+    """Whether `text` holds a UTF-16 surrogate code point (U+D800..U+DFFF), i.e. is not Unicode.
+
+    JSON can spell one as an escape sequence and Python's JSON parser keeps it; a valid pair
+    of escapes is already one character (U+10000 and up) by then, so any surrogate left is a
+    lone one. Such a string cannot be encoded as UTF-8 (tokenizers, SQL, the agent's frames
+    all fail on it), so it must never get past validation.
+    """
+    return not text.isascii() and _SURROGATE.search(text) is not None
+
+
+def _valid_text(value: object) -> object:
+    # Before pydantic's own str validation: with a length constraint, that one refuses such text
+    # too, but as "unable to parse raw data as a unicode string"; without one it lets it pass.
+    if not isinstance(value, str):
+        return value  # not text: the str validation after this says so
+    found = None if value.isascii() else _SURROGATE.search(value)
+    if found is not None:
+        raise PydanticCustomError(
+            "invalid_text",
+            "text must be valid Unicode: lone UTF-16 surrogate {surrogate} at index {index}",
+            {"surrogate": f"U+{ord(found.group()):04X}", "index": found.start()},
+        )
+    return value
+
+
+#: Every string a client sends: refused at validation (400 naming the field) if it is not valid
+#: Unicode, so bad text never reaches routing, the request row or an agent.
+Text = Annotated[str, BeforeValidator(_valid_text)]
 
 
 class StreamOptions(BaseModel):
@@ -24,7 +61,7 @@ class RigpoolOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    regions: list[str] | None = Field(default=None, min_length=1, max_length=32)
+    regions: list[Text] | None = Field(default=None, min_length=1, max_length=32)
     max_price_per_mtok: float | None = Field(default=None, ge=0)
     min_reputation: float = Field(default=0.0, ge=0, le=1)
 
@@ -41,18 +78,18 @@ class SamplingFields(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str = Field(min_length=1, max_length=256)
+    model: Text = Field(min_length=1, max_length=256)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     # Deviation: only n=1 is served (hedging and failover are per stream).
     n: int = Field(default=1, ge=1, le=1)
     seed: int | None = None
-    stop: str | list[str] | None = None
+    stop: Text | list[Text] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float = Field(default=1.0, ge=0, le=2)
     top_p: float = Field(default=1.0, gt=0, le=1)
-    user: str | None = Field(default=None, max_length=256)
+    user: Text | None = Field(default=None, max_length=256)
     # Extension: routing constraints (data residency, price cap, minimum reputation).
     rigpool: RigpoolOptions | None = None
 

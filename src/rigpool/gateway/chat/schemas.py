@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rigpool.gateway.common_schemas import SamplingFields
+from rigpool.gateway.common_schemas import SamplingFields, Text
 
 
 class TextPart(BaseModel):
@@ -14,7 +14,7 @@ class TextPart(BaseModel):
 
     # Deviation: only text parts; images and audio are refused by validation.
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(BaseModel):
@@ -22,8 +22,8 @@ class ChatMessage(BaseModel):
 
     # Deviation: no tool messages or tool calls yet.
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
-    name: str | None = Field(default=None, max_length=64)
+    content: Text | list[TextPart]
+    name: Text | None = Field(default=None, max_length=64)
 
     def text(self) -> str:
         if isinstance(self.content, str):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from rigpool.gateway.common_schemas import SamplingFields
+from rigpool.gateway.common_schemas import SamplingFields, Text
 
 
 class CompletionRequest(SamplingFields):
     # Deviation: one prompt per request (a string, or a list holding one string); token-id
     # prompts are refused because the gateway meters text with the model's tokenizer.
-    prompt: str | list[str]
+    prompt: Text | list[Text]
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=5)
     max_tokens: int = Field(default=16, ge=1)
