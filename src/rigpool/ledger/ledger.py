@@ -14,8 +14,14 @@ and the write are one statement: two concurrent holds can't both spend the same 
 SQLite or PostgreSQL. A process-wide lock additionally serializes writers, which keeps SQLite
 from answering "database is locked" to threads of the same coordinator.
 
+The escrow hot path (hold, capture, release, receipts, recovery from a receipt) goes through
+`book.py`: each operation is a validated unit (`hold_op`, ...) applied in bulk by a `Book`,
+alone here (one transaction per call, as before) or many per transaction by a `GroupCommit`
+(`group_commit.py`). Both write exactly the same rows.
+
 All methods are synchronous and thread-safe: call them from async code with
-`await asyncio.to_thread(ledger.hold, consumer, amount, key)`.
+`await asyncio.to_thread(ledger.hold, consumer, amount, key)`, or submit units to a
+`GroupCommit`.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -33,6 +39,23 @@ from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from rigpool.ledger import merkle
+from rigpool.ledger.book import (
+    MAX_AMOUNT,
+    Book,
+    Capture,
+    CaptureOp,
+    EscrowOp,
+    HoldOp,
+    Outcome,
+    ReceiptOp,
+    Recovery,
+    RecoveryOp,
+    ReleaseOp,
+    StaleBook,
+    apply_all,
+    check_amount,
+    check_owner,
+)
 from rigpool.ledger.errors import (
     DuplicateDeposit,
     IdempotencyConflict,
@@ -43,8 +66,8 @@ from rigpool.ledger.errors import (
     LedgerError,
     UnknownAccount,
 )
-from rigpool.ledger.pricing import network_fee
-from rigpool.ledger.receipts import SignedReceipt, verify_all
+from rigpool.ledger.faults import Faults
+from rigpool.ledger.receipts import CheckedReceipt, SignedReceipt, check_all, check_receipt
 from rigpool.ledger.tables import (
     EXTERNAL_OWNER,
     NETWORK_OWNER,
@@ -62,28 +85,20 @@ from rigpool.ledger.tables import (
 )
 
 K = AccountKind
-MAX_AMOUNT = 2**62  # far above any supply; keeps every sum inside a signed 64-bit column
+__all__ = [
+    "MAX_AMOUNT",
+    "Capture",
+    "EpochClose",
+    "Ledger",
+    "Recovery",
+    "check_amount",
+    "check_owner",
+]
 
 
 def utcnow() -> datetime:
     """Naive UTC, as the coordinator's tables store it."""
     return datetime.now(UTC).replace(tzinfo=None)
-
-
-def check_amount(value: object, name: str = "amount", *, allow_zero: bool = False) -> int:
-    """An amount is an `int` of base units, positive (or zero where allowed), never a float."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidAmount(f"{name} must be an integer number of base units, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero) or value >= MAX_AMOUNT:
-        bound = "non-negative" if allow_zero else "positive"
-        raise InvalidAmount(f"{name} must be {bound} and below 2**62, got {value}")
-    return value
-
-
-def check_owner(value: object, name: str = "owner") -> str:
-    if not isinstance(value, str) or not value or len(value) > 64:
-        raise LedgerError(f"{name} must be a non-empty id of at most 64 characters")
-    return value
 
 
 def check_wallet(value: str, name: str = "destination") -> str:
@@ -95,17 +110,6 @@ def check_wallet(value: str, name: str = "destination") -> str:
     if len(raw) != 32:
         raise LedgerError(f"{name} {value!r} is not a base58 Solana address")
     return value
-
-
-@dataclass(frozen=True)
-class Capture:
-    """What `capture` did: `charged` = provider_amount + fee; `released` went back."""
-
-    hold_id: int
-    charged: int
-    fee: int
-    provider_amount: int
-    released: int
 
 
 @dataclass(frozen=True)
@@ -134,11 +138,14 @@ class Ledger:
         *,
         unbonding_period: timedelta = timedelta(days=7),
         clock: Callable[[], datetime] = utcnow,
+        faults: Faults | None = None,
     ):
         self.sessions = sessions
         self.unbonding_period = unbonding_period
         self.clock = clock
         self.lock = threading.RLock()
+        #: crash tests arm `commit.mid_batch` here (between two bulk writes of a batch)
+        self.faults = faults if faults is not None else Faults()
 
     # ------------------------------------------------------------------ core
 
@@ -333,7 +340,73 @@ class Ledger:
         """Bond `amount` the provider transferred into the vault (signature) as its stake."""
         return self.credit_deposit(provider, amount, tx_signature, purpose="stake")
 
-    # ---------------------------------------------------------------- holds
+    # ------------------------------------------------- escrow (the hot path)
+
+    def hold_op(self, consumer: str, amount: int, key: str) -> HoldOp:
+        """`hold` as a unit of work (for `GroupCommit`, or `op(session)` in a transaction)."""
+        return HoldOp(self, consumer, amount, key)
+
+    def capture_op(
+        self, hold_id: int, amount: int, provider: str, fee_bps: int, key: str
+    ) -> CaptureOp:
+        """`capture` as a unit of work."""
+        return CaptureOp(self, hold_id, amount, provider, fee_bps, key)
+
+    def release_op(self, hold_id: int, key: str | None = None) -> ReleaseOp:
+        """`release` as a unit of work."""
+        return ReleaseOp(self, hold_id, key)
+
+    def receipt_op(self, receipt: SignedReceipt | CheckedReceipt) -> ReceiptOp:
+        """`record_receipt` as a unit of work; a `SignedReceipt` has its signatures checked here.
+
+        Pass a `CheckedReceipt` (from `check_receipt`, e.g. on another thread) to skip the
+        second check.
+        """
+        checked = receipt if isinstance(receipt, CheckedReceipt) else check_receipt(receipt)
+        return ReceiptOp(self, checked)
+
+    def recovery_op(
+        self, receipt: SignedReceipt, *, coordinator: str, fee_bps: int | None = None
+    ) -> RecoveryOp:
+        """`recover_from_receipt` as a unit of work (signatures are checked here)."""
+        return RecoveryOp(self, receipt, coordinator, fee_bps)
+
+    def run_batch(self, s: Session, units: Sequence[Any]) -> list[Outcome]:
+        """Apply escrow operations in order inside `s`'s open transaction (see `book.py`).
+
+        Each operation's own `LedgerError` is its outcome and leaves nothing behind; any other
+        exception (`StaleBook`, a database error) means nothing of the batch may be kept.
+        """
+        ops = cast(Sequence[EscrowOp], units)
+        engine = s.get_bind()
+        book = Book(s, self.clock(), check_rowcounts=engine.dialect.supports_sane_multi_rowcount)
+        book.load(ops)
+        applied = apply_all(book, ops)
+        book.write(lambda: self.faults.hit("commit.mid_batch"))
+        return [(True, value()) if ok else (False, value) for ok, value in applied]
+
+    def run(self, op: EscrowOp) -> Any:
+        """One operation in one database transaction (retried if another writer raced it)."""
+        return self.run_all([op], atomic=True)[0]
+
+    def run_all(self, ops: Sequence[EscrowOp], *, atomic: bool) -> list[Any]:
+        """Operations in one transaction. `atomic`: the first failure raises, nothing is kept.
+
+        Without `atomic` each failure is returned in place of its result.
+        """
+        for attempt in range(3):
+            try:
+                with self.lock, self.sessions() as s, s.begin():
+                    outcomes = self.run_batch(s, ops)
+                    failed = next((v for ok, v in outcomes if not ok), None)
+                    if atomic and failed is not None:
+                        raise failed
+            except StaleBook:
+                if attempt == 2:
+                    raise
+                continue
+            return [v for _, v in outcomes]
+        raise AssertionError("unreachable")
 
     def hold(self, consumer: str, amount: int, key: str) -> int:
         """Reserve `amount` of the consumer's balance for one request; returns the hold id.
@@ -341,19 +414,7 @@ class Ledger:
         Raises `UnknownAccount` for a consumer that never deposited and `InsufficientFunds`
         when the balance is below `amount` (a hold never exceeds the balance).
         """
-        check_owner(consumer, "consumer")
-        check_amount(amount)
-
-        def build(s: Session, tx: JournalTx, now: datetime) -> tuple[Legs, dict[str, Any]]:
-            src = self.account(s, K.CONSUMER, consumer, create=False)
-            dst = self.account(s, K.CONSUMER_HOLD, consumer, create=True)
-            hold = Hold(consumer=consumer, amount=amount, state="active", created=now)
-            s.add(hold)
-            s.flush()
-            return [(src, -amount), (dst, amount)], {"hold_id": hold.id}
-
-        result = self.apply(key, "hold", {"consumer": consumer, "amount": amount}, build)
-        return int(result["hold_id"])
+        return int(self.run(self.hold_op(consumer, amount, key)))
 
     def capture(self, hold_id: int, amount: int, provider: str, fee_bps: int, key: str) -> Capture:
         """Charge the actual cost of a finished request and release the rest of its hold.
@@ -362,43 +423,7 @@ class Ledger:
         charge, `network_fee(charge, fee_bps)` goes to the treasury and the rest to the
         provider's earnings (paid at the next epoch settlement).
         """
-        check_amount(amount, allow_zero=True)
-        check_owner(provider, "provider")
-        network_fee(0, fee_bps)  # validates fee_bps
-
-        def build(s: Session, tx: JournalTx, now: datetime) -> tuple[Legs, dict[str, Any]]:
-            hold = s.get(Hold, hold_id)
-            if hold is None:
-                raise UnknownAccount(f"no hold {hold_id}")
-            if hold.state != "active":
-                raise InvalidState(f"hold {hold_id} is already {hold.state}")
-            charged = min(amount, hold.amount)
-            fee = network_fee(charged, fee_bps)
-            legs: Legs = [
-                (self.account(s, K.CONSUMER_HOLD, hold.consumer, create=False), -hold.amount),
-                (self.account(s, K.CONSUMER, hold.consumer, create=True), hold.amount - charged),
-            ]
-            if charged - fee:
-                earn = self.account(s, K.PROVIDER_EARNINGS, provider, create=True)
-                legs.append((earn, charged - fee))
-            if fee:
-                legs.append((self.treasury(s), fee))
-            hold.state, hold.captured, hold.provider, hold.closed = (
-                "captured",
-                charged,
-                provider,
-                now,
-            )
-            return legs, {
-                "hold_id": hold_id,
-                "charged": charged,
-                "fee": fee,
-                "provider_amount": charged - fee,
-                "released": hold.amount - charged,
-            }
-
-        params = {"hold_id": hold_id, "amount": amount, "provider": provider, "fee_bps": fee_bps}
-        return Capture(**self.apply(key, "capture", params, build, reference=str(hold_id)))
+        return cast(Capture, self.run(self.capture_op(hold_id, amount, provider, fee_bps, key)))
 
     def release(self, hold_id: int, key: str | None = None) -> int:
         """Give a hold back in full (a failed request costs nothing); returns the amount.
@@ -406,22 +431,34 @@ class Ledger:
         Calling it twice is safe (the default key is per hold). Releasing a captured hold is an
         `InvalidState` error.
         """
+        return int(self.run(self.release_op(hold_id, key)))
 
-        def build(s: Session, tx: JournalTx, now: datetime) -> tuple[Legs, dict[str, Any]]:
-            hold = s.get(Hold, hold_id)
-            if hold is None:
-                raise UnknownAccount(f"no hold {hold_id}")
-            if hold.state != "active":
-                raise InvalidState(f"hold {hold_id} is already {hold.state}")
-            hold.state, hold.closed = "released", now
-            legs: Legs = [
-                (self.account(s, K.CONSUMER_HOLD, hold.consumer, create=False), -hold.amount),
-                (self.account(s, K.CONSUMER, hold.consumer, create=False), hold.amount),
-            ]
-            return legs, {"released": hold.amount}
+    def recover_from_receipt(
+        self, receipt: SignedReceipt, *, coordinator: str, fee_bps: int | None = None
+    ) -> Recovery:
+        """Make the ledger agree with a receipt the agent holds; idempotent.
 
-        result = self.apply(key or f"release:{hold_id}", "release", {"hold_id": hold_id}, build)
-        return int(result["released"])
+        The receipt must carry both valid signatures and be countersigned by `coordinator`
+        (this coordinator's id: nobody else's countersignature may move money here). Then, in
+        one transaction, with the request's hold found by its key (`hold_key(request_id)`):
+
+        - the capture is in the ledger: nothing moves (its charge must equal the receipt's);
+        - the hold is active (the capture never reached the database): it is captured now at
+          the receipt's amount, fee and provider, under the capture's key (`capture_key`). With
+          `fee_bps` and a fee that matches it, the row is the gateway's own capture, so a late
+          capture from the gateway replays instead of conflicting;
+        - the hold was released (start-up recovery releases every active hold): the consumer's
+          balance is charged the receipt's amount under the same key; `InsufficientFunds` if it
+          no longer holds that much (nothing moves; present the receipt again later);
+        - no hold: `InvalidReceipt`, since a request is dispatched only after its hold is
+          durable (a receipt of amount 0 moves nothing and is just stored).
+
+        The receipt is stored too (once). Calling it again returns "already_captured".
+        """
+        return cast(
+            Recovery,
+            self.run(self.recovery_op(receipt, coordinator=coordinator, fee_bps=fee_bps)),
+        )
 
     # -------------------------------------------------------------- payouts
 
@@ -616,52 +653,19 @@ class Ledger:
         """Store countersigned receipts (batched in one database transaction).
 
         Recording the same receipt twice is a no-op; a different receipt under a known request
-        id is refused. With `verify`, both signatures are checked first. Returns how many new
-        receipts were stored.
+        id is refused (and then nothing of the batch is stored). With `verify`, both signatures
+        are checked first. Returns how many new receipts were stored.
         """
         batch = list(receipts)
-        if verify:
-            verify_all(batch)
-        now = self.clock()
-        rows = {r.body.request_id: r for r in batch}
-        if len(rows) != len(batch):
+        if len({r.body.request_id for r in batch}) != len(batch):
             raise InvalidReceipt("the batch holds two receipts for one request id")
-        with self.lock, self.sessions() as s, s.begin():
-            known: dict[str, str] = {}
-            ids = list(rows)
-            for i in range(0, len(ids), 500):
-                chunk = ids[i : i + 500]
-                for rid, leaf in s.execute(
-                    select(Receipt.request_id, Receipt.leaf).where(Receipt.request_id.in_(chunk))
-                ):
-                    known[rid] = leaf
-            new = []
-            for rid, r in rows.items():
-                leaf = r.leaf().hex()
-                if rid in known:
-                    if known[rid] != leaf:
-                        raise InvalidReceipt(f"another receipt for request {rid} is recorded")
-                    continue
-                b = r.body
-                new.append(
-                    {
-                        "request_id": rid,
-                        "provider": b.provider,
-                        "consumer": b.consumer,
-                        "amount": b.amount,
-                        "provider_amount": b.provider_amount,
-                        "leaf": leaf,
-                        "body": r.model_dump(mode="json"),
-                        "epoch_id": None,
-                        "created": now,
-                    }
-                )
-            if new:
-                s.execute(insert(Receipt), new)
-        return len(new)
+        checked = check_all(batch, signatures=verify)
+        results = self.run_all([ReceiptOp(self, c) for c in checked], atomic=True)
+        return sum(1 for new in results if new)
 
     def record_receipt(self, receipt: SignedReceipt) -> bool:
-        return self.record_receipts([receipt]) == 1
+        """Store one receipt (both signatures checked); False when it was already stored."""
+        return bool(self.run(self.receipt_op(receipt)))
 
     # ------------------------------------------------------------ epochs
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -116,19 +117,68 @@ class SignedReceipt(BaseModel):
 
     def verify(self) -> None:
         """Raise `InvalidReceipt` unless both signatures and the arithmetic hold."""
-        b = self.body
-        if b.provider_amount + b.fee != b.amount:
-            raise InvalidReceipt(f"receipt {b.request_id}: provider_amount + fee != amount")
-        if not verify(b.provider, AGENT_DOMAIN + b.canonical(), self.agent_signature):
-            raise InvalidReceipt(f"receipt {b.request_id}: bad agent signature")
-        if not verify(
-            b.coordinator, _countersigned(b, self.agent_signature), self.coordinator_signature
-        ):
-            raise InvalidReceipt(f"receipt {b.request_id}: bad coordinator signature")
+        _check_signatures(self, self.body.canonical())
 
 
-def _countersigned(body: ReceiptBody, agent_signature: str) -> bytes:
-    return COORDINATOR_DOMAIN + body.canonical() + b"|" + agent_signature.encode()
+def _check_signatures(receipt: SignedReceipt, canonical: bytes) -> None:
+    """Both signatures over `canonical` (the body's canonical bytes, computed once)."""
+    b = receipt.body
+    if b.provider_amount + b.fee != b.amount:
+        raise InvalidReceipt(f"receipt {b.request_id}: provider_amount + fee != amount")
+    if not verify(b.provider, AGENT_DOMAIN + canonical, receipt.agent_signature):
+        raise InvalidReceipt(f"receipt {b.request_id}: bad agent signature")
+    countersigned = _countersigned(canonical, receipt.agent_signature)
+    if not verify(b.coordinator, countersigned, receipt.coordinator_signature):
+        raise InvalidReceipt(f"receipt {b.request_id}: bad coordinator signature")
+
+
+@dataclass(frozen=True)
+class CheckedReceipt:
+    """A receipt ready to store: signatures checked, leaf and stored payload computed once.
+
+    `payload` is `receipt.model_dump(mode="json")` and `leaf` is `receipt.leaf().hex()`; both
+    come from one serialization of the body, which is also what the signatures cover.
+    """
+
+    receipt: SignedReceipt
+    leaf: str
+    payload: dict[str, Any]
+
+
+def check_receipt(receipt: SignedReceipt, *, signatures: bool = True) -> CheckedReceipt:
+    """Check both signatures (unless `signatures` is False) and prepare the stored row.
+
+    Raises `InvalidReceipt` for a bad signature or inconsistent amounts. Thread-safe; the
+    ed25519 checks release the GIL, so several threads check receipts in parallel.
+    """
+    body = receipt.body.model_dump(mode="json")
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    if signatures:
+        _check_signatures(receipt, canonical)
+    # The canonical JSON of the whole signed receipt (sorted keys: agent_signature, body,
+    # coordinator_signature) embeds the body's canonical bytes unchanged.
+    whole = b"".join(
+        (
+            b'{"agent_signature":',
+            json.dumps(receipt.agent_signature).encode(),
+            b',"body":',
+            canonical,
+            b',"coordinator_signature":',
+            json.dumps(receipt.coordinator_signature).encode(),
+            b"}",
+        )
+    )
+    payload = {
+        "body": body,
+        "agent_signature": receipt.agent_signature,
+        "coordinator_signature": receipt.coordinator_signature,
+    }
+    return CheckedReceipt(receipt, merkle.leaf_hash(whole).hex(), payload)
+
+
+def _countersigned(canonical: bytes, agent_signature: str) -> bytes:
+    """What the coordinator signs: the body's canonical bytes and the agent's signature."""
+    return COORDINATOR_DOMAIN + canonical + b"|" + agent_signature.encode()
 
 
 def agent_sign(body: ReceiptBody, agent: Identity) -> str:
@@ -142,12 +192,13 @@ def countersign(body: ReceiptBody, agent_signature: str, coordinator: Identity) 
     """Check the agent's signature, then add the coordinator's."""
     if coordinator.agent_id != body.coordinator:
         raise InvalidReceipt("the countersigning key is not the receipt's coordinator")
-    if not verify(body.provider, AGENT_DOMAIN + body.canonical(), agent_signature):
+    canonical = body.canonical()
+    if not verify(body.provider, AGENT_DOMAIN + canonical, agent_signature):
         raise InvalidReceipt(f"receipt {body.request_id}: bad agent signature")
     return SignedReceipt(
         body=body,
         agent_signature=agent_signature,
-        coordinator_signature=coordinator.sign(_countersigned(body, agent_signature)),
+        coordinator_signature=coordinator.sign(_countersigned(canonical, agent_signature)),
     )
 
 
@@ -177,3 +228,14 @@ class ReceiptProof(BaseModel):
             return cls.model_validate_json(path.read_text())
         except ValueError as exc:
             raise InvalidReceipt(f"{path} is not a receipt proof file: {exc}") from exc
+
+
+def check_all(receipts: list[SignedReceipt], *, signatures: bool = True) -> list[CheckedReceipt]:
+    """`check_receipt` for many, on all cores for a large batch; raises on the first bad one."""
+    workers = min(8, os.cpu_count() or 1)
+    if len(receipts) < 256 or workers == 1 or not signatures:
+        return [check_receipt(r, signatures=signatures) for r in receipts]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(
+            pool.map(lambda r: check_receipt(r, signatures=signatures), receipts, chunksize=64)
+        )

@@ -1,0 +1,133 @@
+"""The ledger's escrow operations through one group-commit writer.
+
+`EscrowWriter(ledger)` owns a `GroupCommit` over the ledger's database (holding the ledger's
+lock per transaction) and a small pool that checks receipt signatures off the writer thread.
+Every method returns a `concurrent.futures.Future` that resolves once the operation is
+**committed** (or with its `LedgerError`); wrap it with `asyncio.wrap_future` to await it.
+Bad arguments (a zero amount, an empty key) raise at once, before anything is queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from rigpool.ledger.book import Capture, EscrowOp, Recovery
+from rigpool.ledger.faults import Faults
+from rigpool.ledger.group_commit import GroupCommit, Unit, WriterStopped
+from rigpool.ledger.ledger import Ledger
+from rigpool.ledger.receipts import SignedReceipt, check_receipt
+
+T = TypeVar("T")
+
+
+def chain(source: Future[Any], target: Future[Any]) -> None:
+    """Resolve `target` like `source` once `source` is done."""
+
+    def copy(done: Future[Any]) -> None:
+        if target.done():
+            return
+        exc = done.exception()
+        if exc is not None:
+            target.set_exception(exc)
+        else:
+            target.set_result(done.result())
+
+    source.add_done_callback(copy)
+
+
+class EscrowWriter:
+    """Holds, captures, releases, receipts and recoveries, group-committed (see module doc).
+
+    `check_threads` threads check receipt signatures (ed25519 releases the GIL, so they run
+    beside the writer). `max_batch`, `linger_s` and `faults` go to the `GroupCommit`.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        max_batch: int = 1024,
+        linger_s: float = 0.0,
+        check_threads: int = 2,
+        faults: Faults | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.group = GroupCommit(
+            ledger.sessions,
+            max_batch=max_batch,
+            linger_s=linger_s,
+            lock=ledger.lock,
+            faults=faults,
+            name="ledger-writer",
+        )
+        self.checkers = ThreadPoolExecutor(check_threads, thread_name_prefix="receipt-check")
+
+    def submit(self, unit: Unit[T]) -> Future[T]:
+        """Any unit of work (a callable taking a Session), committed with the escrow batches."""
+        return self.group.submit(unit)
+
+    def hold(self, consumer: str, amount: int, key: str) -> Future[int]:
+        """`Ledger.hold`, group-committed: the future's value is the hold id."""
+        return self.group.submit(self.ledger.hold_op(consumer, amount, key))
+
+    def hold_async(self, consumer: str, amount: int, key: str) -> asyncio.Future[int]:
+        """`hold` for a coroutine (on the loop's thread): await it to know the hold is durable."""
+        return self.group.submit_async(self.ledger.hold_op(consumer, amount, key))
+
+    def capture(
+        self, hold_id: int, amount: int, provider: str, fee_bps: int, key: str
+    ) -> Future[Capture]:
+        """`Ledger.capture`, group-committed."""
+        return self.group.submit(self.ledger.capture_op(hold_id, amount, provider, fee_bps, key))
+
+    def release(self, hold_id: int, key: str | None = None) -> Future[int]:
+        """`Ledger.release`, group-committed: the future's value is the amount released."""
+        return self.group.submit(self.ledger.release_op(hold_id, key))
+
+    def record_receipt(self, receipt: SignedReceipt) -> Future[bool]:
+        """Check both signatures on the pool, then store the receipt group-committed.
+
+        The value is True for a new receipt, False when the same one was stored; a bad
+        signature or another receipt under the same request id fails with `InvalidReceipt`.
+        """
+        return self._checked(lambda: self.ledger.receipt_op(check_receipt(receipt)))
+
+    def recover_from_receipt(
+        self, receipt: SignedReceipt, *, coordinator: str, fee_bps: int | None = None
+    ) -> Future[Recovery]:
+        """`Ledger.recover_from_receipt`, signatures checked on the pool, group-committed."""
+        return self._checked(
+            lambda: self.ledger.recovery_op(receipt, coordinator=coordinator, fee_bps=fee_bps)
+        )
+
+    def _checked(self, build: Callable[[], EscrowOp]) -> Future[Any]:
+        outer: Future[Any] = Future()
+
+        def built(done: Future[EscrowOp]) -> None:
+            exc = done.exception()
+            if exc is not None:
+                outer.set_exception(exc)
+                return
+            try:
+                inner = self.group.submit(done.result())
+            except WriterStopped as stopped:
+                outer.set_exception(stopped)
+                return
+            chain(inner, outer)
+
+        self.checkers.submit(build).add_done_callback(built)
+        return outer
+
+    def close(self, timeout: float | None = None) -> None:
+        """Finish the receipt checks, commit what is queued, stop the writer."""
+        self.checkers.shutdown(wait=True)
+        self.group.close(timeout)
+
+    def __enter__(self) -> EscrowWriter:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
