@@ -86,18 +86,29 @@ class RawAgent:
     Tests script it to misbehave in ways the real daemon never would.
     """
 
-    def __init__(self, coordinator_url: str, caps: object, identity: object | None = None):
+    def __init__(
+        self,
+        coordinator_url: str,
+        caps: object,
+        identity: object | None = None,
+        protocol_version: str | None = None,
+    ):
         import json
 
         from websockets.sync.client import connect
 
         from rigpool.agent.daemon import agent_url, signed_hello
         from rigpool.protocol.channel import Sealer, agent_session_key
-        from rigpool.protocol.signing import Identity
+        from rigpool.protocol.signing import Identity, canonical_bytes
 
         self.identity = identity or Identity.generate()
         self.ws = connect(agent_url(coordinator_url))
         hello = signed_hello(self.identity, caps)  # type: ignore[arg-type]
+        if protocol_version is not None:  # an agent of an older (or newer) minor version
+            hello = hello.model_copy(update={"protocol_version": protocol_version})
+            hello = hello.model_copy(
+                update={"signature": self.identity.sign(canonical_bytes(hello))}  # type: ignore[attr-defined]
+            )
         self.ws.send(hello.model_dump_json())
         self.welcome = json.loads(self.ws.recv(timeout=10))
         assert self.welcome["type"] == "welcome", self.welcome

@@ -4,6 +4,12 @@ Why dial out: home rigs sit behind NAT and firewalls, so the agent opens the one
 coordinator never needs an inbound port. The connection is re-established with exponential
 backoff and jitter whenever it drops, so a coordinator restart heals by itself without a
 thundering herd of agents reconnecting in the same millisecond.
+
+Token frames are batched (protocol 1.5, when the coordinator's `welcome` says it understands
+them): a token produced while the last message went out less than `flush_window_s` ago waits
+for the end of that window, and everything waiting then travels as one sealed `batch` message.
+The first token after a quiet spell, and every `done` or `error`, go out at once, so a slow
+stream gains no latency and a fast one costs one message per window instead of one per token.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from rigpool.agent.backends.base import Backend, Finish, GenerationRequest, Samp
 from rigpool.core.errors import BackendError
 from rigpool.protocol.channel import Sealer, agent_session_key
 from rigpool.protocol.messages import (
+    BATCH_VERSION,
+    MAX_BATCH_FRAMES,
     MAX_FRAME_BYTES,
     MAX_VERIFIED_TOKENS,
     RECEIPT_AGENT_DOMAIN,
@@ -48,8 +56,11 @@ from rigpool.protocol.messages import (
     Token,
     TopLogprob,
     Welcome,
+    at_least,
     decode_coordinator_frame,
     encode,
+    encode_batch,
+    encode_token,
 )
 from rigpool.protocol.signing import Identity, canonical_bytes, new_nonce
 from rigpool.trust.evidence import claimed_sampling, provider_statement
@@ -58,6 +69,13 @@ log = logging.getLogger(__name__)
 
 #: how many finished requests an agent remembers for signing their receipts
 SERVED_MEMORY = 10_000
+
+#: default wait (s) for more tokens before a batch goes out (see the module docstring)
+FLUSH_WINDOW_S = 0.002
+
+#: a batch goes out as soon as its frames' JSON reaches this many characters: sealing at most
+#: doubles it (JSON escaping of the body), so the message stays far below MAX_FRAME_BYTES
+MAX_BATCH_CHARS = 256 * 1024
 
 
 class AgentRefused(RuntimeError):
@@ -114,6 +132,7 @@ class Agent:
         capabilities: Capabilities,
         *,
         on_status: Callable[[str], None] | None = None,
+        flush_window_s: float = FLUSH_WINDOW_S,
     ):
         self.url = agent_url(coordinator)
         self.identity = identity
@@ -126,6 +145,14 @@ class Agent:
         self._stopping = asyncio.Event()
         self._draining = False
         self._sealer: Sealer | None = None
+        #: token batching (1.5 coordinators): frames waiting to go out, as wire JSON
+        self.flush_window_s = flush_window_s
+        self._batching = False
+        self._pending: list[str] = []
+        self._pending_chars = 0
+        self._last_flush = 0.0
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._flush_tasks: set[asyncio.Task[None]] = set()
         #: recently finished requests -> tokens produced (what receipts may be signed for)
         self._served: OrderedDict[str, int] = OrderedDict()
         self.drain_timeout_s = 30.0
@@ -143,8 +170,14 @@ class Agent:
             await self._attester.warm_up()  # torch and the device context, off the clock
         while not self._stopping.is_set():
             try:
+                # No permessage-deflate: frames are small and compressing every one costs both
+                # sides more CPU than the bytes it saves.
                 async with connect(
-                    self.url, max_size=MAX_FRAME_BYTES, open_timeout=10, ping_interval=10
+                    self.url,
+                    max_size=MAX_FRAME_BYTES,
+                    open_timeout=10,
+                    ping_interval=10,
+                    compression=None,
                 ) as ws:
                     await self._serve_connection(ws, backoff)
             except AgentRefused:
@@ -167,6 +200,11 @@ class Agent:
         ws: ClientConnection,
         frame: Token | Done | Error | Heartbeat | Hello | ReceiptSignature | AttestData,
     ) -> None:
+        if self._batching and isinstance(frame, Token | Done | Error):
+            await self._send_stream_frame(ws, frame)
+            return
+        if self._pending:
+            await self._flush(ws)  # what was produced before this frame goes before it
         text = encode(frame)
         async with self._send_lock:
             # Sealing inside the lock keeps sequence numbers in the order frames hit the wire.
@@ -174,9 +212,71 @@ class Agent:
                 text = self._sealer.seal(text)
             await ws.send(text)
 
+    async def _send_stream_frame(self, ws: ClientConnection, frame: Token | Done | Error) -> None:
+        """Queue a stream frame for the next batch; send the batch now if it should go now.
+
+        A token waits when the last message went out less than `flush_window_s` ago (a timer
+        sends the batch at the end of that window); a done or error frame, a full batch, or a
+        token after a quiet spell sends everything waiting at once.
+        """
+        text = encode_token(frame) if isinstance(frame, Token) else encode(frame)
+        self._pending.append(text)
+        self._pending_chars += len(text)
+        if (
+            isinstance(frame, Token)
+            and self._pending_chars < MAX_BATCH_CHARS
+            and len(self._pending) < MAX_BATCH_FRAMES
+        ):
+            loop = asyncio.get_running_loop()
+            if loop.time() - self._last_flush < self.flush_window_s:
+                if self._flush_timer is None:
+                    self._flush_timer = loop.call_at(
+                        self._last_flush + self.flush_window_s, self._flush_later, ws
+                    )
+                return
+        await self._flush(ws)
+
+    def _flush_later(self, ws: ClientConnection) -> None:
+        """The flush window ended: send the waiting batch from a task of its own."""
+        self._flush_timer = None
+
+        async def flush() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                await self._flush(ws)
+
+        task = asyncio.get_running_loop().create_task(flush())
+        self._flush_tasks.add(task)
+        task.add_done_callback(self._flush_tasks.discard)
+
+    async def _flush(self, ws: ClientConnection) -> None:
+        """Send every waiting stream frame as one sealed message (a lone frame as itself)."""
+        async with self._send_lock:
+            if self._flush_timer is not None:
+                self._flush_timer.cancel()
+                self._flush_timer = None
+            if not self._pending:
+                return
+            frames, self._pending, self._pending_chars = self._pending, [], 0
+            self._last_flush = asyncio.get_running_loop().time()
+            text = frames[0] if len(frames) == 1 else encode_batch(frames)
+            if self._sealer is not None:
+                text = self._sealer.seal(text)
+            await ws.send(text)
+
+    def _reset_batching(self, batching: bool) -> None:
+        """A new connection: nothing waiting, batches only if the coordinator takes them."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        for task in list(self._flush_tasks):
+            task.cancel()
+        self._pending, self._pending_chars, self._last_flush = [], 0, 0.0
+        self._batching = batching
+
     async def _serve_connection(self, ws: ClientConnection, backoff: Backoff) -> None:
         hello = signed_hello(self.identity, self.capabilities)
         self._sealer = None
+        self._reset_batching(False)
         await self._send(ws, hello)
         reply = decode_coordinator_frame(await asyncio.wait_for(ws.recv(), 15))
         if isinstance(reply, Refused):
@@ -193,6 +293,8 @@ class Agent:
                 self.identity.keypair_bytes(), bytes.fromhex(reply.session_pubkey), hello.nonce
             )
             self._sealer = Sealer(key)
+            # Batches are sealed stream frames: only a 1.5+ coordinator knows them.
+            self._reset_batching(at_least(reply.protocol_version, BATCH_VERSION))
         models = ", ".join(m.name for m in self.capabilities.models)
         self.on_status(f"connected as {self.identity.agent_id} serving {models}")
         heartbeat = asyncio.create_task(self._heartbeats(ws, reply.heartbeat_interval_s))
@@ -257,6 +359,7 @@ class Agent:
                 task.cancel()
             for attest_task in list(self._attest_tasks):
                 attest_task.cancel()
+            self._reset_batching(False)
             self._attester.release_soon()
             self.on_status("disconnected from coordinator")
 

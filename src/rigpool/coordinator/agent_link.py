@@ -27,14 +27,19 @@ from rigpool.protocol.channel import Opener, coordinator_session_key, new_epheme
 from rigpool.protocol.messages import (
     PROTOCOL_VERSION,
     AttestData,
+    Batch,
+    Done,
+    Error,
     Heartbeat,
     Hello,
     ProtocolError,
     ReceiptSignature,
     Refused,
     Sealed,
+    Token,
     Welcome,
     decode_agent_frame,
+    decode_sealed,
     encode,
     major,
 )
@@ -148,40 +153,7 @@ async def agent_connect(ws: WebSocket) -> None:
     log.info("agent %s online: %s, models %s", frame.agent_id, frame.capabilities.backend, accepted)
     reason = "agent disconnected"
     try:
-        while True:
-            raw = await asyncio.wait_for(ws.receive_text(), state.settings.heartbeat_timeout_s)
-            try:
-                sealed = decode_agent_frame(raw)
-                if not isinstance(sealed, Sealed):
-                    raise ProtocolError(f"unsealed {sealed.type} frame after hello")
-                msg = decode_agent_frame(opener.open(sealed))
-                if isinstance(msg, Sealed):
-                    raise ProtocolError("nested sealed frame")
-            except ProtocolError as exc:
-                session.garbage_frames += 1
-                log.warning("agent %s sent garbage (%s)", frame.agent_id, exc)
-                if session.garbage_frames >= MAX_GARBAGE_FRAMES:
-                    reason = "agent sent invalid frames"
-                    break
-                continue
-            session.last_heartbeat = time.time()
-            if isinstance(msg, Heartbeat):
-                session.reported_active = msg.active
-                if msg.draining and not session.draining:
-                    log.info("agent %s is draining", frame.agent_id)
-                session.draining = msg.draining
-                session.vram_free_mb = msg.vram_free_mb
-                session.heard.set()
-                state.agent_heartbeat(session)
-            elif isinstance(msg, AttestData):
-                if session.attest_inbox is not None:
-                    session.attest_inbox.add(msg)
-            elif isinstance(msg, ReceiptSignature):
-                state.hub.deliver_receipt(session, msg)
-            elif isinstance(msg, Hello):
-                log.warning("agent %s sent a second hello; ignored", frame.agent_id)
-            else:
-                state.hub.deliver(session, msg)
+        reason = await _receive_frames(state, ws, session, opener)
     except TimeoutError:
         reason = "agent missed its heartbeats"
     except (WebSocketDisconnect, RuntimeError):
@@ -196,3 +168,69 @@ async def agent_connect(ws: WebSocket) -> None:
         if frame.agent_id not in state.hub.sessions:
             await asyncio.to_thread(provider_offline, state.db, frame.agent_id)
         await close()
+
+
+async def _receive_frames(
+    state: CoordinatorState, ws: WebSocket, session: AgentSession, opener: Opener
+) -> str:
+    """Read the agent's sealed frames until the session ends; returns why it ended here.
+
+    Raises TimeoutError after a silence and WebSocketDisconnect when the agent hangs up.
+
+    The hot loop of the agent link: one pass per WebSocket message, and since 1.5 one message
+    carries a whole `batch` of stream frames. The envelope takes orjson's fast path
+    (`decode_sealed`); the heartbeat timeout is one deadline moved forward at most every
+    `slack` seconds (not a timer per message), so the agent is dropped after between
+    `heartbeat_timeout_s` and `heartbeat_timeout_s + slack` seconds without a frame.
+    """
+    agent_id = session.agent_id
+    hub = state.hub
+    timeout_s = state.settings.heartbeat_timeout_s
+    slack = min(1.0, timeout_s / 4)
+    loop = asyncio.get_running_loop()
+    armed = loop.time()
+    async with asyncio.timeout_at(armed + timeout_s + slack) as deadline:
+        while True:
+            raw = await ws.receive_text()
+            now = loop.time()
+            if now - armed > slack:
+                armed = now
+                deadline.reschedule(now + timeout_s + slack)
+            try:
+                parts = decode_sealed(raw)
+                if parts is not None:
+                    body = opener.open_parts(*parts)
+                else:
+                    sealed = decode_agent_frame(raw)
+                    if not isinstance(sealed, Sealed):
+                        raise ProtocolError(f"unsealed {sealed.type} frame after hello")
+                    body = opener.open(sealed)
+                msg = decode_agent_frame(body)
+                if isinstance(msg, Sealed):
+                    raise ProtocolError("nested sealed frame")
+            except ProtocolError as exc:
+                session.garbage_frames += 1
+                log.warning("agent %s sent garbage (%s)", agent_id, exc)
+                if session.garbage_frames >= MAX_GARBAGE_FRAMES:
+                    return "agent sent invalid frames"
+                continue
+            session.last_heartbeat = time.time()
+            if isinstance(msg, Batch):
+                hub.deliver_many(session, msg.frames)
+            elif isinstance(msg, Token | Done | Error):
+                hub.deliver(session, msg)
+            elif isinstance(msg, Heartbeat):
+                session.reported_active = msg.active
+                if msg.draining and not session.draining:
+                    log.info("agent %s is draining", agent_id)
+                session.draining = msg.draining
+                session.vram_free_mb = msg.vram_free_mb
+                session.heard.set()
+                state.agent_heartbeat(session)
+            elif isinstance(msg, AttestData):
+                if session.attest_inbox is not None:
+                    session.attest_inbox.add(msg)
+            elif isinstance(msg, ReceiptSignature):
+                hub.deliver_receipt(session, msg)
+            elif isinstance(msg, Hello):
+                log.warning("agent %s sent a second hello; ignored", agent_id)

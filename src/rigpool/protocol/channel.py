@@ -29,7 +29,7 @@ from nacl.bindings import (
     crypto_sign_ed25519_sk_to_curve25519,
 )
 
-from rigpool.protocol.messages import ProtocolError, Sealed, encode_sealed
+from rigpool.protocol.messages import ProtocolError, Sealed, seal_text
 
 TAG_BYTES = 16
 _CONTEXT = b"rigpool-session-v1"
@@ -65,9 +65,9 @@ class Sealer:
         self._seq = 0
 
     def seal(self, body: str) -> str:
+        """The wire text of `body` (a frame's JSON) as the next sealed frame."""
         self._seq += 1
-        tag = _tag(self._key, self._seq, body)
-        return encode_sealed(Sealed(seq=self._seq, mac=tag, body=body))
+        return seal_text(self._seq, _tag(self._key, self._seq, body), body)
 
 
 class Opener:
@@ -78,14 +78,18 @@ class Opener:
         self._last = 0
 
     def open(self, sealed: Sealed) -> str:
-        if not hmac.compare_digest(_tag(self._key, sealed.seq, sealed.body), sealed.mac):
+        """The body of a sealed frame whose tag and sequence number check out."""
+        return self.open_parts(sealed.seq, sealed.mac, sealed.body)
+
+    def open_parts(self, seq: int, mac: str, body: str) -> str:
+        """`open` for a frame already split by `messages.decode_sealed` (no model built)."""
+        if not hmac.compare_digest(_tag(self._key, seq, body), mac):
             raise ProtocolError("bad frame authentication tag")
-        if sealed.seq <= self._last:
-            raise ProtocolError(f"replayed or reordered frame (seq {sealed.seq} <= {self._last})")
-        self._last = sealed.seq
-        return sealed.body
+        if seq <= self._last:
+            raise ProtocolError(f"replayed or reordered frame (seq {seq} <= {self._last})")
+        self._last = seq
+        return body
 
 
 def _tag(key: bytes, seq: int, body: str) -> str:
-    mac = hmac.new(key, f"{seq}:".encode() + body.encode(), hashlib.sha256)
-    return mac.digest()[:TAG_BYTES].hex()
+    return hmac.digest(key, b"%d:%s" % (seq, body.encode()), "sha256")[:TAG_BYTES].hex()

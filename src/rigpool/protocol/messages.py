@@ -5,17 +5,27 @@ existing field changes meaning or disappears. New fields always get defaults, an
 ignores fields it does not know, so an older agent talks to a newer coordinator and vice versa.
 A `hello` whose major version differs from ours is refused with a clear reason.
 
-Frames are JSON objects with a `type` discriminator, one per WebSocket text message.
+Frames are JSON objects with a `type` discriminator, one per WebSocket text message. Since 1.5
+an agent may put several `token`/`done`/`error` frames (of any of its requests, in the order
+they were produced) into one `batch` frame, so a stream costs one sealed message per batch
+rather than one per token; it does so only when the coordinator's `welcome` says 1.5 or later.
+The hot frames (`sealed`, `token`) are encoded and the `sealed` envelope decoded with orjson;
+every other frame, and anything the fast path does not recognise exactly, goes through the
+pydantic models below, which remain the one definition of what is valid.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
 #: major.minor — major must match between peers; minor only adds fields with defaults.
-PROTOCOL_VERSION = "1.4"
+PROTOCOL_VERSION = "1.5"
+
+#: the first version whose coordinators accept `batch` frames
+BATCH_VERSION = "1.5"
 
 #: frames bigger than this are refused by both sides before parsing (a garbage flood guard).
 MAX_FRAME_BYTES = 1 << 20
@@ -23,6 +33,9 @@ MAX_FRAME_BYTES = 1 << 20
 #: a `done` frame carries verification data for generations up to this many tokens (prompt or
 #: output); longer ones are served unverifiable, which raises the agent's check rate elsewhere.
 MAX_VERIFIED_TOKENS = 16384
+
+#: most frames one `batch` carries (its JSON is bounded by MAX_FRAME_BYTES as well)
+MAX_BATCH_FRAMES = 4096
 
 #: domain separation of the agent's receipt signature (the ledger checks the same prefix), so a
 #: receipt signature can never be replayed as any other signed message of the agent.
@@ -96,7 +109,36 @@ class Sealed(_Frame):
 
 
 def encode_sealed(frame: Sealed) -> str:
-    return frame.model_dump_json()
+    """The wire text of a sealed frame (orjson: this runs once per message an agent sends)."""
+    return seal_text(frame.seq, frame.mac, frame.body)
+
+
+def seal_text(seq: int, mac: str, body: str) -> str:
+    """The wire text of `Sealed(seq=seq, mac=mac, body=body)` without building the model."""
+    return orjson.dumps({"type": "sealed", "seq": seq, "mac": mac, "body": body}).decode()
+
+
+def decode_sealed(raw: str | bytes) -> tuple[int, str, str] | None:
+    """(seq, mac, body) of a well-formed `sealed` frame, or None for anything else.
+
+    The coordinator's fast path for the envelope of every agent message: it recognises exactly
+    what `Sealer` writes (the four fields, the right types and sizes) and nothing more; every
+    other text, valid or not, gets None and goes through `decode_agent_frame`, so what is
+    accepted and what is refused stays defined by the pydantic models alone.
+    """
+    _check_size(raw)
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if type(obj) is not dict or len(obj) != 4 or obj.get("type") != "sealed":
+        return None
+    seq, mac, body = obj.get("seq"), obj.get("mac"), obj.get("body")
+    if type(seq) is not int or seq < 1 or type(mac) is not str or len(mac) != 32:
+        return None
+    if type(body) is not str or len(body) > MAX_FRAME_BYTES:
+        return None
+    return seq, mac, body
 
 
 class Refused(_Frame):
@@ -175,6 +217,21 @@ class Token(_Frame):
     top_logprobs: list[TopLogprob] = Field(default_factory=list, max_length=20)
 
 
+def encode_token(frame: Token) -> str:
+    """`encode(frame)` for the frame an agent sends most, without pydantic's serializer."""
+    return orjson.dumps(
+        {
+            "type": "token",
+            "request_id": frame.request_id,
+            "index": frame.index,
+            "text": frame.text,
+            "token_id": frame.token_id,
+            "logprob": frame.logprob,
+            "top_logprobs": [{"text": t.text, "logprob": t.logprob} for t in frame.top_logprobs],
+        }
+    ).decode()
+
+
 class Done(_Frame):
     type: Literal["done"] = "done"
     request_id: str = Field(max_length=128)
@@ -199,6 +256,27 @@ class Error(_Frame):
     request_id: str = Field(max_length=128)
     message: str = Field(max_length=2048)
     retryable: bool = True
+
+
+StreamFrame = Annotated[Token | Done | Error, Field(discriminator="type")]
+
+
+class Batch(_Frame):
+    """1.5, agent -> coordinator: several stream frames in one (sealed) message.
+
+    The frames of each request keep their order (indices without gaps, `done` or `error`
+    last), so the coordinator handles a batch exactly as the same frames sent one by one; a
+    batch only saves the per-message costs (a WebSocket message, an envelope, a MAC, a wake-up
+    of the request's reader). Built by `encode_batch` from already encoded frames.
+    """
+
+    type: Literal["batch"] = "batch"
+    frames: list[StreamFrame] = Field(min_length=1, max_length=MAX_BATCH_FRAMES)
+
+
+def encode_batch(frames: list[str]) -> str:
+    """A `batch` frame from the wire texts of `token`/`done`/`error` frames (not re-encoded)."""
+    return '{"type":"batch","frames":[' + ",".join(frames) + "]}"
 
 
 #: largest `AttestData.data` piece: with the frame's own fields and the JSON escaping of the
@@ -243,7 +321,7 @@ class AttestData(_Frame):
 
 
 AgentFrame = Annotated[
-    Hello | Heartbeat | Token | Done | Error | Sealed | ReceiptSignature | AttestData,
+    Hello | Heartbeat | Token | Done | Error | Batch | Sealed | ReceiptSignature | AttestData,
     Field(discriminator="type"),
 ]
 CoordinatorFrame = Annotated[
@@ -271,7 +349,7 @@ def _check_size(raw: str | bytes) -> None:
 
 def decode_agent_frame(
     raw: str | bytes,
-) -> Hello | Heartbeat | Token | Done | Error | Sealed | ReceiptSignature | AttestData:
+) -> Hello | Heartbeat | Token | Done | Error | Batch | Sealed | ReceiptSignature | AttestData:
     """Parse a frame sent by an agent; raises ProtocolError on anything malformed."""
     _check_size(raw)
     try:
@@ -299,6 +377,20 @@ def encode(frame: BaseModel) -> str:
 def major(version: str) -> str:
     """The major part of a protocol version ("1.3" -> "1")."""
     return version.split(".", 1)[0]
+
+
+def at_least(version: str, wanted: str) -> bool:
+    """Whether a peer's `version` (major.minor) is `wanted` or newer within the same major.
+
+    Anything that does not parse as major.minor counts as older: the peer gets the frames
+    every 1.x version understands.
+    """
+    try:
+        have = tuple(int(p) for p in version.split(".")[:2])
+        need = tuple(int(p) for p in wanted.split(".")[:2])
+    except ValueError:
+        return False
+    return len(have) == 2 and have[0] == need[0] and have >= need
 
 
 def _summarise(exc: ValidationError) -> str:

@@ -33,7 +33,7 @@ from rigpool.core.errors import BackendError, BadRequest
 from rigpool.hardware.catalog import GpuSpec, find_gpu
 from rigpool.hardware.memory import best_quant_that_fits
 from rigpool.hardware.models import find_model
-from rigpool.hardware.perf import estimate
+from rigpool.hardware.perf import PerfEstimate, estimate
 
 # fmt: off
 FILLER_WORDS = (
@@ -46,6 +46,9 @@ FILLER_WORDS = (
 
 #: bytes of prompt text per token when estimating prefill time (English BPE averages ~4).
 BYTES_PER_TOKEN = 4
+
+#: with no delay at all (time_scale 0) the token loop still yields to the event loop this often
+YIELD_EVERY_TOKENS = 256
 
 
 class EmulatedBackend(Backend):
@@ -88,13 +91,24 @@ class EmulatedBackend(Backend):
         self._tokenizer: Tokenizer | None = None
         if tokenizer_dir is not None and (tokenizer_dir / "tokenizer.json").exists():
             self._tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+        #: filler word -> its tokens' texts (the word list is small: each is cut once)
+        self._pieces: dict[str, tuple[str, ...]] = {}
+        #: batch size -> the performance model's estimate (it depends on nothing else here)
+        self._perf: dict[int, PerfEstimate] = {}
 
     def models(self) -> list[ServedModel]:
         return [ServedModel(self.served_name, self.context_length)]
 
     def timing(self, prompt_tokens: int, batch: int) -> tuple[float, float]:
         """(time to first token, time per output token) in seconds at this batch size."""
-        perf = estimate(self.gpu, self.arch, self.quant, batch=max(1, batch))
+        if self.time_scale == 0:
+            return 0.0, 0.0
+        batch = max(1, batch)
+        perf = self._perf.get(batch)
+        if perf is None:
+            perf = estimate(self.gpu, self.arch, self.quant, batch=batch)
+            if len(self._perf) < 4096:
+                self._perf[batch] = perf
         return perf.ttft_s(prompt_tokens) * self.time_scale, perf.tpot_s * self.time_scale
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenChunk | Finish]:
@@ -118,7 +132,10 @@ class EmulatedBackend(Backend):
             for produced in range(sampling.max_tokens):
                 if produced:
                     _, tpot = self.timing(prompt_tokens + produced, self._active)
-                    await asyncio.sleep(tpot * slow)
+                    if tpot > 0 or produced % YIELD_EVERY_TOKENS == 0:
+                        # No delay at all: tokens come as fast as the loop makes them, as from
+                        # an engine's batch; only a long one lets other work in now and then.
+                        await asyncio.sleep(tpot * slow)
                 piece = next(pieces)
                 text += piece
                 hit = next((s for s in sampling.stop if s in text), None)
@@ -147,8 +164,15 @@ class EmulatedBackend(Backend):
             if self._tokenizer is None:
                 yield word
                 continue
-            for token_id in self._tokenizer.encode(word, add_special_tokens=False).ids:
-                yield self._tokenizer.decode([token_id], skip_special_tokens=False)
+            pieces = self._pieces.get(word)
+            if pieces is None:
+                tokenizer = self._tokenizer
+                pieces = tuple(
+                    tokenizer.decode([token_id], skip_special_tokens=False)
+                    for token_id in tokenizer.encode(word, add_special_tokens=False).ids
+                )
+                self._pieces[word] = pieces
+            yield from pieces
 
 
 def _filler_logprob(sampling: SamplingParams) -> float | None:
