@@ -336,6 +336,8 @@ class Config:
     billing: bool
     modes: tuple[bool, ...]  # stream flags to measure
     levels: list[int]
+    #: the agents' token flush window; 0: one message per token, as protocol 1.4 agents send
+    flush_window_ms: float = 2.0
 
 
 def run_config(
@@ -347,7 +349,7 @@ def run_config(
 ) -> list[dict[str, Any]]:
     """Start a network for `cfg`, measure every step, optionally profile; return the rows."""
     swarm = ["--time-scale", str(args.time_scale), "--max-concurrency", "256"]
-    swarm += ["--gpus", "H100 SXM"]
+    swarm += ["--gpus", "H100 SXM", "--flush-window-ms", str(cfg.flush_window_ms)]
     if cfg.billing:
         swarm += ["--price-in", str(PRICE_IN), "--price-out", str(PRICE_OUT)]
     env = {
@@ -388,6 +390,7 @@ def run_config(
                     direct = asyncio.run(direct_step(backend, c, n, args.max_tokens))
                 served = len(gw.latencies)
                 row = {
+                    "config": cfg.label,
                     "billing": cfg.billing,
                     "mode": "streamed" if stream else "plain",
                     "concurrency": c,
@@ -481,6 +484,11 @@ def main() -> None:
     parser.add_argument("--profile-concurrency", type=int, default=64)
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    parser.add_argument(
+        "--compare-unbatched",
+        action="store_true",
+        help="add a billing-off row whose agents send one message per token (as protocol 1.4)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.profile_seconds = 2.0, 5.0
@@ -505,6 +513,9 @@ def main() -> None:
             [c for c in levels if c in (1, 64)] if args.quick else levels,
         ),
     ]
+    if args.compare_unbatched:
+        off = configs[1]
+        configs.append(Config("unbatched", False, off.modes, off.levels, flush_window_ms=0.0))
     profile: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     for cfg in configs:
@@ -514,14 +525,14 @@ def main() -> None:
 
     table = Table(title=f"gateway vs direct backend ({args.max_tokens} tokens per request)")
     for col in (
-        "billing", "mode", "c", "gateway req/s", "direct req/s", "gw p50 ms", "gw p99 ms",
+        "config", "mode", "c", "gateway req/s", "direct req/s", "gw p50 ms", "gw p99 ms",
         "direct p50 ms", "added p50 ms", "added p99 ms", "coord CPU us/req", "core busy",
         "errors",
     ):  # fmt: skip
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(
-            "on" if r["billing"] else "off", r["mode"], str(r["concurrency"]),
+            r["config"], r["mode"], str(r["concurrency"]),
             f"{r['gateway_rps']:.0f}", f"{r['direct_rps']:.0f}", f"{r['gateway_p50_ms']:.2f}",
             f"{r['gateway_p99_ms']:.2f}", f"{r['direct_p50_ms']:.3f}",
             f"{r['added_p50_ms']:.2f}", f"{r['added_p99_ms']:.2f}",
@@ -557,7 +568,7 @@ def main() -> None:
             listed = ", ".join(f"{f['function']} {f['us_per_request']:.0f}" for f in funcs[:6])
             console.print(f"[bold]{name}[/bold] (us/request): {escape(listed)}")
 
-    billed_streamed = [r for r in rows if r["billing"] and r["mode"] == "streamed"]
+    billed_streamed = [r for r in rows if r["config"] == "billing on" and r["mode"] == "streamed"]
     c1 = next((r for r in billed_streamed if r["concurrency"] == 1), None)
     added_p50 = c1["added_p50_ms"] if c1 else float("nan")
     best_rps = max((r["gateway_rps"] for r in billed_streamed), default=float("nan"))
@@ -571,10 +582,10 @@ def main() -> None:
         mark = "[green]met[/green]" if goal["met"] else "[red]missed[/red]"
         console.print(f"goal {name}: {goal['value']:.2f} ({mark})")
     metrics: dict[str, Any] = {
-        f"billing_{'on' if r['billing'] else 'off'}.{r['mode']}.c{r['concurrency']}.{k}": v
+        f"{r['config'].replace(' ', '_')}.{r['mode']}.c{r['concurrency']}.{k}": v
         for r in rows
         for k, v in r.items()
-        if k not in ("billing", "mode", "concurrency")
+        if k not in ("config", "billing", "mode", "concurrency")
     }
     metrics["best_streamed_rps_billing_on"] = best_rps
     metrics["added_p50_ms_c1_streamed"] = added_p50
@@ -589,6 +600,8 @@ def main() -> None:
         "billing_on": "escrow hold + capture, receipts signed by the agent and countersigned, "
         f"verification sampling on; agents post {PRICE_IN}/{PRICE_OUT} USD per Mtok in/out",
         "billing_off": "RIGPOOL_BILLING=false (verification sampling still on)",
+        "unbatched": "billing off, agents with a 0 ms flush window: one message per token",
+        "flush_window_ms": 2.0,
         "pinning": "none"
         if args.no_pin
         else "coordinator on CPU 0 (taskset -c 0); agents + load generator on CPU 1",

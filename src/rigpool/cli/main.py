@@ -196,6 +196,10 @@ def swarm(
     price_out: Annotated[
         float, typer.Option(help="Every agent's output price, USD per million tokens.")
     ] = 0.0,
+    flush_window_ms: Annotated[
+        float,
+        typer.Option(help="Token batching window; 0 sends each token alone (as protocol 1.4)."),
+    ] = 2.0,
 ) -> None:
     """Run many emulated-GPU agents in one process (load, tail and chaos tests)."""
     from rigpool.devnet.swarm import SwarmSpec, run_swarm
@@ -216,6 +220,7 @@ def swarm(
         seed=seed,
         price_in_per_mtok=price_in,
         price_out_per_mtok=price_out,
+        flush_window_s=flush_window_ms / 1000,
     )
     console.print(f"swarm of {agents} emulated agents -> {coordinator}")
     try:

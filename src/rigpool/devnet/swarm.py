@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rigpool import __version__
 from rigpool.agent.backends.emulated import EmulatedBackend
-from rigpool.agent.daemon import Agent
+from rigpool.agent.daemon import FLUSH_WINDOW_S, Agent
 from rigpool.protocol.messages import Capabilities, GpuInfo, ModelOffer
 from rigpool.protocol.signing import Identity
 
@@ -39,6 +39,8 @@ class SwarmSpec:
     #: every agent's posted prices, USD per million tokens (0: free; receipts need a price)
     price_in_per_mtok: float = 0.0
     price_out_per_mtok: float = 0.0
+    #: the agents' token flush window (s); 0 sends every token as its own message (as 1.4 did)
+    flush_window_s: float = FLUSH_WINDOW_S
 
 
 def build_agents(coordinator: str, spec: SwarmSpec) -> list[Agent]:
@@ -78,7 +80,14 @@ def build_agents(coordinator: str, spec: SwarmSpec) -> list[Agent]:
             agent_version=__version__,
         )
         agents.append(
-            Agent(coordinator, Identity.generate(), backend, caps, on_status=lambda _m: None)
+            Agent(
+                coordinator,
+                Identity.generate(),
+                backend,
+                caps,
+                on_status=lambda _m: None,
+                flush_window_s=spec.flush_window_s,
+            )
         )
     return agents
 

@@ -13,6 +13,7 @@ import os
 import secrets
 import stat
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,9 @@ class Identity:
 
     signing_key: SigningKey
 
-    @property
+    @cached_property
     def agent_id(self) -> str:
+        """The base58 public key (computed once: receipts and evidence name it every time)."""
         return base58.b58encode(bytes(self.signing_key.verify_key)).decode()
 
     def sign(self, message: bytes) -> str:
