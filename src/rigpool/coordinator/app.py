@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,11 +18,12 @@ from rigpool.coordinator.recovery import recover_interrupted
 from rigpool.coordinator.registry import mark_all_offline
 from rigpool.coordinator.settings import Settings
 from rigpool.coordinator.state import CoordinatorState
-from rigpool.coordinator.wiring import gateway_ports
+from rigpool.coordinator.wiring import gateway_ports, shared_writer
 from rigpool.gateway import models_router
 from rigpool.gateway.chat import router as chat_router
 from rigpool.gateway.completions import router as completions_router
 from rigpool.gateway.errors import install_error_handlers
+from rigpool.gateway.finish import drain_background
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     recover_interrupted(state.db)
     state.refresh_models()
 
+    writer = shared_writer(state)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         log.info("coordinator up; models: %s", sorted(state.model_names()) or "none")
@@ -44,10 +48,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for session in list(state.hub.sessions.values()):
             state.hub.remove(session, "coordinator shutting down")
             await session.close()
+        await drain_background()  # requests' finish steps still queueing their writes
+        # Commit what is queued, then stop the writer: nothing acknowledged is lost.
+        await asyncio.to_thread(writer.close)
+        if state.billing is not None:
+            await asyncio.to_thread(state.billing.close)
 
     app = FastAPI(title="rigpool coordinator", version=__version__, lifespan=lifespan)
     app.state.coordinator = state
-    app.state.gateway = gateway_ports(state)  # all the gateway sees of the coordinator
+    app.state.gateway = gateway_ports(state, writer)  # all the gateway sees of the coordinator
     install_error_handlers(app)
 
     app.add_middleware(

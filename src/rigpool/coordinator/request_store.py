@@ -7,52 +7,78 @@ answer (or is a conflict while it runs). The final row is written once by the ga
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from rigpool.coordinator.tables import RequestRecord
 from rigpool.gateway.request import IdempotentReplay, Outcome, RequestSpec
+from rigpool.ledger.group_commit import GroupCommit
 
 
 def _utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+_TABLE: Table = RequestRecord.__table__  # type: ignore[assignment]  # a Table at runtime
+
+
+def _insert(row: dict[str, Any], session: Session) -> None:
+    session.execute(insert(_TABLE), [row])
+
+
+def _update(request_id: str, values: dict[str, Any], session: Session) -> None:
+    session.execute(update(_TABLE).where(_TABLE.c.id == request_id).values(**values))
+
+
 class SqlRequestStore:
-    """`RequestStore` over SQLAlchemy (SQLite or PostgreSQL)."""
+    """`RequestStore` over SQLAlchemy (SQLite or PostgreSQL), group-committed.
 
-    def __init__(self, db: sessionmaker[Session]) -> None:
+    Rows are written through `writer`, the coordinator's one group-commit writer (shared with
+    the ledger when billing is on, so a request's final row and its capture usually commit in
+    the same transaction). SQLAlchemy Core statements, not the ORM: no unit of work to build
+    per request.
+    """
+
+    def __init__(self, db: sessionmaker[Session], writer: GroupCommit) -> None:
         self.db = db
+        self.writer = writer
 
-    def admit(self, spec: RequestSpec) -> None:
+    async def admit(self, spec: RequestSpec) -> None:
+        row = {
+            "id": spec.request_id,
+            "api_key_id": spec.api_key_id,
+            "idempotency_key": spec.idempotency_key,
+            "endpoint": spec.endpoint,
+            "model": spec.model.name,
+            "stream": spec.stream,
+            "prompt_tokens": spec.prompt_tokens,
+            "status": "running",
+            "attempts": 0,
+            "completion_tokens": 0,
+            "created": _utcnow(),
+        }
         try:
-            with self.db.begin() as session:
-                session.add(
-                    RequestRecord(
-                        id=spec.request_id,
-                        api_key_id=spec.api_key_id,
-                        idempotency_key=spec.idempotency_key,
-                        endpoint=spec.endpoint,
-                        model=spec.model.name,
-                        stream=spec.stream,
-                        prompt_tokens=spec.prompt_tokens,
-                        created=_utcnow(),
-                    )
-                )
+            await self.writer.submit_async(partial(_insert, row))
         except IntegrityError:
-            with self.db() as session:
-                prior = session.scalar(
-                    select(RequestRecord).where(
-                        RequestRecord.api_key_id == spec.api_key_id,
-                        RequestRecord.idempotency_key == spec.idempotency_key,
-                    )
+            prior = await asyncio.to_thread(self._prior, spec)
+            raise IdempotentReplay(prior) from None
+
+    def _prior(self, spec: RequestSpec) -> dict[str, Any] | None:
+        with self.db() as session:
+            prior = session.scalar(
+                select(RequestRecord).where(
+                    RequestRecord.api_key_id == spec.api_key_id,
+                    RequestRecord.idempotency_key == spec.idempotency_key,
                 )
-            raise IdempotentReplay(prior.response if prior is not None else None) from None
+            )
+        return prior.response if prior is not None else None
 
     def finish(
         self,
@@ -62,7 +88,7 @@ class SqlRequestStore:
         status: str,
         error: str | None,
         response: dict[str, Any] | None,
-    ) -> None:
+    ) -> asyncio.Future[None]:
         values: dict[str, Any] = {
             "status": status,
             "provider_id": outcome.provider_id,
@@ -78,10 +104,7 @@ class SqlRequestStore:
         if status != "ok":
             # A request that did not end well frees its idempotency key for a retry.
             values["idempotency_key"] = f"{spec.idempotency_key}:failed:{spec.request_id}"[:128]
-        with self.db.begin() as session:
-            session.execute(
-                update(RequestRecord).where(RequestRecord.id == spec.request_id).values(**values)
-            )
+        return self.writer.submit_async(partial(_update, spec.request_id, values))
 
     def tokens_used_today(self, key_id: int) -> int:
         """Prompt + completion tokens of the key's requests since 00:00 UTC."""

@@ -589,6 +589,15 @@ def store_evidence(
 ) -> None:
     """Keep a record in the `evidence` table (idempotent on its hash); `created`: now."""
     with db.begin() as s:
+        evidence_unit(record, created)(s)
+
+
+def evidence_unit(
+    record: EvidenceRecord, created: datetime | None = None
+) -> Callable[[Session], None]:
+    """`store_evidence` as a unit of work for a group-commit writer (or any open session)."""
+
+    def unit(s: Session) -> None:
         if s.scalar(select(Evidence.id).where(Evidence.record_hash == record.record_hash)):
             return
         s.add(
@@ -601,3 +610,5 @@ def store_evidence(
                 created=created or _utcnow(),
             )
         )
+
+    return unit

@@ -7,6 +7,7 @@ database, the ledger or the verifier, so that the gateway never sees `Coordinato
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
@@ -14,12 +15,13 @@ from typing import Any
 from rigpool.coordinator.keys import authenticate
 from rigpool.coordinator.request_store import SqlRequestStore
 from rigpool.coordinator.state import CoordinatorState
-from rigpool.coordinator.verify_link import store_evidence
+from rigpool.coordinator.verify_link import evidence_unit
 from rigpool.gateway.billing import Billing, Hold
 from rigpool.gateway.ports import Frame, GatewayPorts, Limits, Verdict
 from rigpool.gateway.request import ModelInfo, Outcome, RequestSpec
 from rigpool.gateway.tokenization import ModelTokenizer, load_tokenizer
-from rigpool.ledger import Ledger
+from rigpool.ledger import Price
+from rigpool.ledger.group_commit import GroupCommit
 from rigpool.ledger.receipts import SignedReceipt
 from rigpool.protocol.messages import Generate, ReceiptSignature
 from rigpool.protocol.signing import Identity
@@ -83,12 +85,11 @@ class HubLink:
     def connected(self, agent_id: str) -> bool:
         return agent_id in self.hub.sessions
 
-    async def stream(self, agent_id: str, request: Generate) -> AsyncGenerator[Frame, None]:
+    def stream(self, agent_id: str, request: Generate) -> AsyncGenerator[list[Frame], None]:
         session = self.hub.sessions.get(agent_id)
         if session is None:
-            raise ConnectionError(f"agent {agent_id} is not connected")
-        async for frame in self.hub.stream(session, request):
-            yield frame
+            return _unreachable(agent_id)
+        return self.hub.stream_batches(session, request)  # no wrapper: it runs per batch
 
     async def sign_receipt(self, agent_id: str, attempt_id: str, body: str) -> ReceiptSignature:
         session = self.hub.sessions.get(agent_id)
@@ -101,48 +102,51 @@ class HubLink:
         return session.capabilities.backend if session is not None else ""
 
 
+async def _unreachable(agent_id: str) -> AsyncGenerator[list[Frame], None]:
+    raise ConnectionError(f"agent {agent_id} is not connected")
+    yield  # an async generator that fails on its first step
+
+
 class LedgerEscrow:
-    """`Escrow` over `Billing` (the ledger) and the providers' posted prices."""
+    """`Escrow` over `Billing`'s group-committed face and the providers' posted prices."""
 
     def __init__(self, state: CoordinatorState, billing: Billing) -> None:
         self.state = state
         self.billing = billing
 
-    def hold(self, spec: RequestSpec) -> Hold | None:
+    async def hold(self, spec: RequestSpec) -> Hold | None:
         cap = self.state.price_cap(spec.model.name, spec.constraints)
-        return self.billing.hold(
+        return await self.billing.hold_async(
             spec.consumer, spec.request_id, cap, spec.prompt_tokens, spec.sampling.max_tokens
         )
 
-    def settle(self, spec: RequestSpec, outcome: Outcome, hold: Any, *, billable: int) -> None:
+    def settle(
+        self, spec: RequestSpec, outcome: Outcome, hold: Any, *, billable: int
+    ) -> asyncio.Future[Any] | None:
         if hold is None:
-            return
-        if billable == 0 or outcome.provider_id is None:
-            self.billing.release(hold, spec.request_id)
-            return
-        capture = self.billing.capture(
-            hold,
-            spec.request_id,
-            self.state.price(outcome.provider_id, spec.model.name),
-            spec.prompt_tokens,
-            billable,
-            outcome.provider_id,
+            return None
+        provider = outcome.provider_id if billable else None
+        price = self.state.price(provider, spec.model.name) if provider else Price(0, 0)
+        settled = self.billing.settle(
+            hold, spec.request_id, price, spec.prompt_tokens, billable, provider
         )
-        outcome.charged, outcome.fee = capture.charged, capture.fee
+        outcome.charged, outcome.fee = settled.capture.charged, settled.capture.fee
+        return asyncio.wrap_future(settled.durable)
 
     def receipt_terms(self, agent_id: str, model: str) -> tuple[int, int]:
         price = self.state.price(agent_id, model)
         return price.input_per_million, price.output_per_million
 
-    def record_receipt(self, signed: SignedReceipt) -> None:
-        Ledger(self.state.db).record_receipt(signed)
+    async def record_receipt(self, signed: SignedReceipt) -> None:
+        await self.billing.record_receipt_async(signed)
 
 
 class StateTrust:
     """`Trust` over the providers' records, the evidence table and the verifier."""
 
-    def __init__(self, state: CoordinatorState) -> None:
+    def __init__(self, state: CoordinatorState, writer: GroupCommit) -> None:
         self.state = state
+        self.writer = writer
 
     @property
     def identity(self) -> Identity | None:
@@ -151,8 +155,8 @@ class StateTrust:
     def metering_checked(self, agent_id: str, *, passed: bool) -> None:
         self.state.observed(agent_id, ok=True, check=passed)
 
-    def store_evidence(self, record: EvidenceRecord) -> None:
-        store_evidence(self.state.db, record)
+    def store_evidence(self, record: EvidenceRecord) -> asyncio.Future[None]:
+        return self.writer.submit_async(evidence_unit(record))
 
     def offer(
         self,
@@ -218,10 +222,21 @@ class CachedKeys:
         return self.store.tokens_used_today(key_id)
 
 
-def gateway_ports(state: CoordinatorState) -> GatewayPorts:
+def shared_writer(state: CoordinatorState) -> GroupCommit:
+    """The coordinator's one group-commit writer: the ledger's when billing is on.
+
+    One writer per database, because SQLite has one writer at a time anyway and because a
+    request's final row and its capture then usually commit in the same transaction.
+    """
+    if state.billing is not None:
+        return state.billing.writer.group
+    return GroupCommit(state.db, name="rigpool-requests")
+
+
+def gateway_ports(state: CoordinatorState, writer: GroupCommit) -> GatewayPorts:
     """The gateway's view of this coordinator."""
     settings = state.settings
-    store = SqlRequestStore(state.db)
+    store = SqlRequestStore(state.db, writer)
     return GatewayPorts(
         limits=Limits(
             request_timeout_s=settings.request_timeout_s,
@@ -235,7 +250,7 @@ def gateway_ports(state: CoordinatorState) -> GatewayPorts:
         agents=HubLink(state),
         store=store,
         escrow=LedgerEscrow(state, state.billing) if state.billing is not None else None,
-        trust=StateTrust(state),
+        trust=StateTrust(state, writer),
         catalog=StateCatalog(state),
         keys=CachedKeys(state, store),
         limiter=state.limiter,

@@ -43,24 +43,24 @@ class _Attempt:
     """One dispatch of (part of) a request to one agent."""
 
     agent_id: str
-    frames: AsyncGenerator[Frame, None]
+    frames: AsyncGenerator[list[Frame], None]
     started: float
     attempt_id: str
     offset: int = 0
-    next_frame: asyncio.Task[Frame] | None = None
+    next_batch: asyncio.Task[list[Frame]] | None = None
     closed: bool = False
 
-    def pull(self) -> asyncio.Task[Frame]:
-        if self.next_frame is None:
-            self.next_frame = asyncio.ensure_future(anext(self.frames))
-        return self.next_frame
+    def pull(self) -> asyncio.Task[list[Frame]]:
+        if self.next_batch is None:
+            self.next_batch = asyncio.ensure_future(anext(self.frames))
+        return self.next_batch
 
     async def abandon(self) -> None:
         """Stop listening; the hub sends `cancel` to the agent."""
-        if self.next_frame is not None and not self.next_frame.done():
-            self.next_frame.cancel()
+        if self.next_batch is not None and not self.next_batch.done():
+            self.next_batch.cancel()
             with contextlib.suppress(BaseException):
-                await self.next_frame
+                await self.next_batch
         with contextlib.suppress(Exception):
             await self.frames.aclose()
 
@@ -170,10 +170,11 @@ class Dispatcher:
 
     # --- the first frame: hedge and replace ------------------------------------------------
 
-    async def _first_frame(self) -> tuple[_Attempt, Frame]:
+    async def _first_batch(self) -> tuple[_Attempt, list[Frame]]:
         """Race for the first frame: hedge a slow agent, replace failed ones.
 
-        Returns the winning attempt and its first Token/Done frame; losers are cancelled.
+        Returns the winning attempt and its first frames (the first a Token 0 or a Done);
+        losers are cancelled.
         """
         limits = self.limits
         racing = [self._start()]
@@ -212,12 +213,13 @@ class Dispatcher:
                         racing.append(self._start())
                     continue
                 for attempt in list(racing):
-                    task = attempt.next_frame
+                    task = attempt.next_batch
                     if task is None or task not in done:
                         continue
-                    attempt.next_frame = None
+                    attempt.next_batch = None
                     try:
-                        frame = task.result()
+                        batch = task.result()
+                        frame = batch[0]
                         if isinstance(frame, Error):
                             raise BackendError(frame.message, retryable=frame.retryable)
                         if isinstance(frame, Token) and frame.index != 0:
@@ -229,7 +231,7 @@ class Dispatcher:
                             racing.append(self._start())
                         continue
                     racing.remove(attempt)
-                    return attempt, frame
+                    return attempt, batch
         finally:
             for loser in racing:
                 self.routing.on_lost_race(loser.agent_id, time.monotonic() - loser.started)
@@ -243,7 +245,7 @@ class Dispatcher:
         out.done = done
         out.claimed_tokens = (out.claimed_tokens or 0) + done.completion_tokens_claimed
 
-    async def _next(self, attempt: _Attempt) -> Frame:
+    async def _next(self, attempt: _Attempt) -> list[Frame]:
         remaining = self._remaining()
         if remaining <= 0:
             raise DeadlinePassed()
@@ -256,12 +258,21 @@ class Dispatcher:
                 raise DeadlinePassed() from None
             raise
 
-    async def run(self) -> AsyncGenerator[Token, None]:
-        """Yield the request's tokens in order (recording them in the outcome)."""
+    async def _late_done(self, attempt: _Attempt) -> None:
+        """The budget is spent: the agent's Done (its token claim) should follow at once."""
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(DONE_GRACE_S):
+                batch = await anext(attempt.frames)
+            if isinstance(batch[0], Done):
+                self._claim(batch[0])
+
+    async def run(self) -> AsyncGenerator[list[Token], None]:
+        """Yield the request's tokens in order, as they arrive together (recording them)."""
         spec, out = self.spec, self.out
+        budget = spec.sampling.max_tokens
         self.routing.on_request()
         while True:
-            attempt, frame = await self._first_frame()
+            attempt, batch = await self._first_batch()
             out.provider_id = attempt.agent_id
             out.attempt_id = attempt.attempt_id
             out.attempt_offset = attempt.offset
@@ -272,30 +283,43 @@ class Dispatcher:
             verdict: Verdict = "neutral"  # unless it ends well or by the agent's fault
             try:
                 while True:
-                    if isinstance(frame, Done):
-                        self._claim(frame)
-                        out.finish_reason = frame.finish_reason
+                    tokens: list[Token] = []
+                    problem: BackendError | None = None
+                    done: Done | None = None
+                    spent = False
+                    for i, frame in enumerate(batch):
+                        if isinstance(frame, Done):
+                            done = frame
+                            out.finish_reason = frame.finish_reason
+                            break
+                        if isinstance(frame, Error):
+                            problem = BackendError(frame.message, retryable=frame.retryable)
+                            break
+                        if frame.index != expected:
+                            problem = BackendError(
+                                f"agent sent token {frame.index}, expected {expected}"
+                            )
+                            break
+                        expected += 1
+                        out.add(frame)
+                        tokens.append(frame)
+                        if len(out.tokens) >= budget:
+                            # The budget is spent: the answer is complete whatever follows.
+                            out.finish_reason, spent = "length", True
+                            done = next((f for f in batch[i + 1 :] if isinstance(f, Done)), None)
+                            break
+                    if tokens:  # what arrived before a failure still reaches the client
+                        yield tokens
+                    if problem is not None:
+                        raise problem
+                    if done is not None or spent:
                         verdict = "ok"
+                        if done is not None:
+                            self._claim(done)
+                        else:
+                            await self._late_done(attempt)
                         return
-                    if isinstance(frame, Error):
-                        raise BackendError(frame.message, retryable=frame.retryable)
-                    if frame.index != expected:
-                        raise BackendError(f"agent sent token {frame.index}, expected {expected}")
-                    expected += 1
-                    out.add(frame)
-                    yield frame
-                    if len(out.tokens) >= spec.sampling.max_tokens:
-                        # The budget is spent: the answer is complete whatever follows. The
-                        # agent's Done (its token claim) comes right after; wait only briefly.
-                        out.finish_reason = "length"
-                        verdict = "ok"
-                        with contextlib.suppress(Exception):
-                            async with asyncio.timeout(DONE_GRACE_S):
-                                done = await anext(attempt.frames)
-                            if isinstance(done, Done):
-                                self._claim(done)
-                        return
-                    frame = await self._next(attempt)
+                    batch = await self._next(attempt)
             except (BackendError, TimeoutError, ConnectionError, StopAsyncIteration) as exc:
                 await self._failed(attempt, exc)
                 # Failover: the loop continues the stream on another agent.

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -40,25 +40,6 @@ def billable_tokens(spec: RequestSpec, out: Outcome, ending: Ending) -> int:
     return out.completion_tokens(spec)
 
 
-def _settle_and_record(
-    ports: GatewayPorts,
-    spec: RequestSpec,
-    out: Outcome,
-    hold: Any,
-    ending: Ending,
-    error: str | None,
-    response: dict[str, Any] | None,
-) -> None:
-    """Steps 1-3, on a worker thread (they block on the database)."""
-    out.billed_tokens = billable_tokens(spec, out, ending)
-    if ports.escrow is not None:
-        ports.escrow.settle(spec, out, hold, billable=out.billed_tokens)
-    ports.store.finish(spec, out, status=ending.value, error=error, response=response)
-    ports.limiter.charge(spec.api_key_id, spec.prompt_tokens + out.billed_tokens)
-    if ending is Ending.OK:
-        check_metering(spec, out, ports.trust)
-
-
 async def finish(
     ports: GatewayPorts,
     spec: RequestSpec,
@@ -69,11 +50,33 @@ async def finish(
     error: str | None = None,
     response: dict[str, Any] | None = None,
 ) -> None:
-    """End the request: escrow, row, metering, receipt, verifier (see the module doc)."""
-    await asyncio.to_thread(_settle_and_record, ports, spec, out, hold, ending, error, response)
-    if out.charged:
+    """End the request: escrow, row, metering, receipt, verifier (see the module doc).
+
+    The writes of steps 1-3 are queued to the group-commit writer in that order (so they
+    usually share one transaction with other requests' writes) and awaited together: when
+    `finish` returns they are durable. Nothing here blocks the event loop.
+    """
+    out.billed_tokens = billable_tokens(spec, out, ending)
+    writes: list[Awaitable[Any]] = []
+    if ports.escrow is not None:  # 1. escrow
+        settled = ports.escrow.settle(spec, out, hold, billable=out.billed_tokens)
+        if settled is not None:
+            writes.append(settled)
+    writes.append(  # 2. row
+        ports.store.finish(spec, out, status=ending.value, error=error, response=response)
+    )
+    ports.limiter.charge(spec.api_key_id, spec.prompt_tokens + out.billed_tokens)
+    if ending is Ending.OK:  # 3. metering
+        evidence = check_metering(spec, out, ports.trust)
+        if evidence is not None:
+            writes.append(evidence)
+    for result in await asyncio.gather(*writes, return_exceptions=True):
+        if isinstance(result, BaseException):
+            # The answer stands; what was not written is recovered (docs/money.md).
+            log.error("request %s: a final write failed: %r", spec.request_id, result)
+    if out.charged:  # 4. receipt
         spawn(collect_receipt(ports, spec, out))
-    if ending is Ending.OK and out.provider_id is not None:
+    if ending is Ending.OK and out.provider_id is not None:  # 5. verifier
         backend = ports.agents.backend_of(out.provider_id)
         ports.trust.offer(
             out.provider_id,
@@ -125,9 +128,11 @@ async def collect_receipt(ports: GatewayPorts, spec: RequestSpec, out: Outcome) 
         return
     try:
         signed = countersign(body, answer.signature, identity)
-        await asyncio.to_thread(ports.escrow.record_receipt, signed)
+        await ports.escrow.record_receipt(signed)
     except RigpoolError as exc:
         log.warning("receipt of %s not recorded: %s", spec.request_id, exc.message)
+    except Exception as exc:  # the writer stopped (shutting down): the agent keeps its copy
+        log.warning("receipt of %s not recorded: %r", spec.request_id, exc)
 
 
 _background: set[asyncio.Task[None]] = set()
@@ -138,3 +143,11 @@ def spawn(coro: Coroutine[Any, Any, None]) -> None:
     task = asyncio.get_running_loop().create_task(coro)
     _background.add(task)
     task.add_done_callback(_background.discard)
+
+
+async def drain_background(timeout_s: float = 10.0) -> None:
+    """Wait (bounded) for the finish steps and receipts still running on this loop."""
+    loop = asyncio.get_running_loop()
+    mine = [t for t in _background if t.get_loop() is loop]
+    if mine:
+        await asyncio.wait(mine, timeout=timeout_s)

@@ -9,7 +9,7 @@ seam at a time.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -52,10 +52,12 @@ class AgentLink(Protocol):
     """The live agents' connections (the hub)."""
 
     def connected(self, agent_id: str) -> bool: ...
-    def stream(self, agent_id: str, request: Generate) -> AsyncGenerator[Frame, None]:
-        """Send `request` and yield the agent's frames; leaving early cancels it on the agent.
+    def stream(self, agent_id: str, request: Generate) -> AsyncGenerator[list[Frame], None]:
+        """Send `request` and yield the agent's frames, in order, as they arrive together.
 
-        Raises ConnectionError (on the first `anext`) when the agent cannot be reached.
+        Each list is non-empty; the last ends with the Done or Error. Leaving early cancels the
+        request on the agent. Raises ConnectionError (on the first `anext`) when the agent
+        cannot be reached.
         """
         ...
 
@@ -67,9 +69,13 @@ class AgentLink(Protocol):
 
 
 class RequestStore(Protocol):
-    """The `requests` table: admission (idempotency) and each request's final row."""
+    """The `requests` table: admission (idempotency) and each request's final row.
 
-    def admit(self, spec: RequestSpec) -> None:
+    Writes are group-committed (many requests per transaction): `admit` returns once the row
+    is durable; `finish` queues the final row and returns a future that resolves once it is.
+    """
+
+    async def admit(self, spec: RequestSpec) -> None:
         """Record the request; raises IdempotentReplay for a key used before."""
         ...
 
@@ -81,20 +87,23 @@ class RequestStore(Protocol):
         status: str,
         error: str | None,
         response: dict[str, Any] | None,
-    ) -> None: ...
+    ) -> Awaitable[None]: ...
 
 
 class Escrow(Protocol):
     """Money for one request: the worst case held at admission, settled once at the end."""
 
-    def hold(self, spec: RequestSpec) -> Any:
-        """Hold the worst case (None when free); raises InsufficientBalance."""
+    async def hold(self, spec: RequestSpec) -> Any:
+        """Hold the worst case, durably (None when free); raises InsufficientBalance."""
         ...
 
-    def settle(self, spec: RequestSpec, outcome: Outcome, hold: Any, *, billable: int) -> None:
+    def settle(
+        self, spec: RequestSpec, outcome: Outcome, hold: Any, *, billable: int
+    ) -> Awaitable[Any] | None:
         """Capture `billable` tokens at the serving provider's price, release the rest.
 
-        `billable == 0` (or no provider) releases everything. Sets `outcome.charged`/`fee`.
+        `billable == 0` (or no provider) releases everything. Sets `outcome.charged`/`fee` at
+        once; the returned awaitable resolves when the settlement is durable.
         """
         ...
 
@@ -102,7 +111,7 @@ class Escrow(Protocol):
         """The provider's posted (input, output) prices per million tokens, base units."""
         ...
 
-    def record_receipt(self, signed: Any) -> None:
+    async def record_receipt(self, signed: Any) -> None:
         """Store a receipt signed by the agent and countersigned by the coordinator."""
         ...
 
@@ -113,7 +122,10 @@ class Trust(Protocol):
     @property
     def identity(self) -> Identity | None: ...
     def metering_checked(self, agent_id: str, *, passed: bool) -> None: ...
-    def store_evidence(self, record: EvidenceRecord) -> None: ...
+    def store_evidence(self, record: EvidenceRecord) -> Awaitable[None]:
+        """Keep an evidence record; resolves once it is durable."""
+        ...
+
     def offer(
         self,
         agent_id: str,

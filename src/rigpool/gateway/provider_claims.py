@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+from collections.abc import Awaitable
 
 from rigpool.gateway.ports import Trust
 from rigpool.gateway.request import Outcome, RequestSpec
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 METERING_POLICY = MeteringPolicy(abs_tolerance=2, rel_tolerance=0.1)
 
 
-def check_metering(spec: RequestSpec, out: Outcome, trust: Trust) -> None:
+def check_metering(spec: RequestSpec, out: Outcome, trust: Trust) -> Awaitable[None] | None:
     """Compare the agent's token claim with what it really returned; inflation is evidence.
 
     The reference is the agent's own list of output ids when that list is what the gateway
@@ -44,10 +45,10 @@ def check_metering(spec: RequestSpec, out: Outcome, trust: Trust) -> None:
     text, whichever is larger. Never the recount alone: text cut at a stop string was generated
     (and is counted by an honest agent) but never sent. Only a record under the agent's valid
     signature can lead to a slash; an unsigned mismatch lowers the provider's reputation and is
-    kept as an unsigned record.
+    kept as an unsigned record. Returns the evidence record's durability, when one is kept.
     """
     if out.provider_id is None or out.claimed_tokens is None or out.attempt_id is None:
-        return
+        return None
     done = out.done
     listed = done is not None and _output_matches_stream(out, done)
     if listed and done is not None and done.output_ids is not None:
@@ -70,7 +71,7 @@ def check_metering(spec: RequestSpec, out: Outcome, trust: Trust) -> None:
     trust.metering_checked(out.provider_id, passed=not inflated)
     identity = trust.identity
     if not inflated or identity is None:
-        return
+        return None
     signed = listed and done is not None and statement_holds(spec, out, done)
     if signed and done is not None:
         # What the agent signed: its own prompt count and sampling, so anyone can check it.
@@ -88,8 +89,8 @@ def check_metering(spec: RequestSpec, out: Outcome, trust: Trust) -> None:
         commitments=_commitments(done) if signed and done else None,
     )
     log.warning("metering evidence against %s: %s", out.provider_id, record.record_hash)
-    trust.store_evidence(record)
     out.metering_evidence = signed
+    return trust.store_evidence(record)
 
 
 def _commitments(done: Done) -> list[bytes] | None:

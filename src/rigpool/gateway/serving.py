@@ -18,6 +18,7 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Protocol
 
+import orjson
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
@@ -109,15 +110,25 @@ def new_spec(
     )
 
 
+def _json(payload: dict[str, Any]) -> str:
+    try:
+        return orjson.dumps(payload).decode()
+    except TypeError:  # text orjson refuses (a lone surrogate from an agent): escape it
+        return json.dumps(payload, separators=(",", ":"))
+
+
 def _sse(payload: dict[str, Any] | str) -> str:
-    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
-    return f"data: {data}\n\n"
+    return f"data: {payload if isinstance(payload, str) else _json(payload)}\n\n"
 
 
-def _admit(ports: GatewayPorts, spec: RequestSpec) -> Any:
-    """The request's row, then its escrow hold (one worker-thread hop for both)."""
-    ports.store.admit(spec)
-    return ports.escrow.hold(spec) if ports.escrow is not None else None
+def _events(formatter: Formatter, spec: RequestSpec, out: Outcome, batch: list[Token]) -> str:
+    return "".join(_sse(formatter.token_chunk(spec, out, token)) for token in batch)
+
+
+async def _admit(ports: GatewayPorts, spec: RequestSpec) -> Any:
+    """The request's row, then its escrow hold: both durable before anything is routed."""
+    await ports.store.admit(spec)
+    return await ports.escrow.hold(spec) if ports.escrow is not None else None
 
 
 async def serve(
@@ -125,7 +136,7 @@ async def serve(
 ) -> Response:
     out = Outcome()
     try:
-        hold = await asyncio.to_thread(_admit, ports, spec)
+        hold = await _admit(ports, spec)
     except IdempotentReplay as replay:
         if replay.response is None:
             return error_response(
@@ -144,8 +155,8 @@ async def serve(
     return await _serve_plain(ports, spec, out, hold, tokens, formatter, request)
 
 
-async def _drain(tokens: AsyncGenerator[Token, None]) -> None:
-    async for _token in tokens:
+async def _drain(tokens: AsyncGenerator[list[Token], None]) -> None:
+    async for _batch in tokens:
         pass
 
 
@@ -160,7 +171,7 @@ async def _serve_plain(
     spec: RequestSpec,
     out: Outcome,
     hold: Any,
-    tokens: AsyncGenerator[Token, None],
+    tokens: AsyncGenerator[list[Token], None],
     formatter: Formatter,
     request: Request,
 ) -> Response:
@@ -192,7 +203,9 @@ async def _serve_plain(
     return JSONResponse(body, headers={"X-Request-Id": spec.request_id})
 
 
-async def _stop(generation: asyncio.Future[None], tokens: AsyncGenerator[Token, None]) -> None:
+async def _stop(
+    generation: asyncio.Future[None], tokens: AsyncGenerator[list[Token], None]
+) -> None:
     with contextlib.suppress(BaseException):
         await generation
     with contextlib.suppress(Exception):
@@ -216,7 +229,7 @@ async def _serve_stream(
     spec: RequestSpec,
     out: Outcome,
     hold: Any,
-    tokens: AsyncGenerator[Token, None],
+    tokens: AsyncGenerator[list[Token], None],
     formatter: Formatter,
 ) -> Response:
     # Wait for the first token before sending headers: until then a failure is still an HTTP
@@ -240,9 +253,10 @@ async def _serve_stream(
             if start is not None:
                 yield _sse(start)
             if first is not None:
-                yield _sse(formatter.token_chunk(spec, out, first))
-                async for token in tokens:
-                    yield _sse(formatter.token_chunk(spec, out, token))
+                # One write per batch of tokens that arrived together, not one per token.
+                yield _events(formatter, spec, out, first)
+                async for batch in tokens:
+                    yield _events(formatter, spec, out, batch)
             # Every token is out: from here on the request is complete and billable, even if
             # the client hangs up before reading the closing lines.
             ending, error = Ending.OK, None
@@ -273,7 +287,7 @@ async def _finish_stream(
     spec: RequestSpec,
     out: Outcome,
     hold: Any,
-    tokens: AsyncGenerator[Token, None],
+    tokens: AsyncGenerator[list[Token], None],
     ending: Ending,
     error: str | None,
 ) -> None:

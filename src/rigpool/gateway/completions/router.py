@@ -17,6 +17,9 @@ router = APIRouter()
 
 
 class CompletionFormatter:
+    def __init__(self) -> None:
+        self._offset = 0  # characters streamed so far (legacy logprobs' text_offset)
+
     def _chunk(
         self, spec: RequestSpec, out: Outcome, text: str, logprobs: Any, finish: str | None
     ) -> dict[str, Any]:
@@ -34,11 +37,9 @@ class CompletionFormatter:
         return None
 
     def token_chunk(self, spec: RequestSpec, out: Outcome, token: Token) -> dict[str, Any]:
-        logprobs = (
-            _logprobs([token], offset=len(out.output) - len(token.text))
-            if spec.sampling.logprobs
-            else None
-        )
+        # Tokens are formatted in order, so the text offset is a running sum.
+        offset, self._offset = self._offset, self._offset + len(token.text)
+        logprobs = _logprobs([token], offset=offset) if spec.sampling.logprobs else None
         return self._chunk(spec, out, token.text, logprobs, None)
 
     def finish_chunk(self, spec: RequestSpec, out: Outcome) -> dict[str, Any]:
