@@ -40,10 +40,20 @@ from rigpool.gateway.request import (
 )
 from rigpool.protocol.messages import Sampling, Token
 
+#: stands for a token's text in a formatter's `token_template` (JSON-escaped as "\u0000")
+TEXT = "\x00"
+
 
 class Formatter(Protocol):
     def start_chunk(self, spec: RequestSpec, out: Outcome) -> dict[str, Any] | None: ...
     def token_chunk(self, spec: RequestSpec, out: Outcome, token: Token) -> dict[str, Any]: ...
+    def token_template(self, spec: RequestSpec, out: Outcome) -> dict[str, Any] | None:
+        """`token_chunk` with `TEXT` for the token's text, when nothing else varies per token.
+
+        None (logprobs asked for) makes every token go through `token_chunk`.
+        """
+        ...
+
     def finish_chunk(self, spec: RequestSpec, out: Outcome) -> dict[str, Any]: ...
     def response(self, spec: RequestSpec, out: Outcome) -> dict[str, Any]: ...
 
@@ -121,8 +131,41 @@ def _sse(payload: dict[str, Any] | str) -> str:
     return f"data: {payload if isinstance(payload, str) else _json(payload)}\n\n"
 
 
-def _events(formatter: Formatter, spec: RequestSpec, out: Outcome, batch: list[Token]) -> str:
-    return "".join(_sse(formatter.token_chunk(spec, out, token)) for token in batch)
+class _Events:
+    """A stream's token events, rendered fast.
+
+    The chunk's JSON is rendered once per serving provider and each token's text spliced in,
+    instead of building and encoding a dict per token.
+    """
+
+    def __init__(self, formatter: Formatter, spec: RequestSpec, out: Outcome) -> None:
+        self.formatter, self.spec, self.out = formatter, spec, out
+        self._for: str | None = None
+        self._parts: tuple[str, str] | None = None
+
+    def _template(self) -> tuple[str, str] | None:
+        if self._parts is None or self._for != self.out.provider_id:
+            self._for = self.out.provider_id
+            chunk = self.formatter.token_template(self.spec, self.out)
+            self._parts = None
+            if chunk is not None:
+                head, marker, tail = _sse(chunk).partition('"\\u0000"')
+                self._parts = (head, tail) if marker else None
+        return self._parts
+
+    def render(self, batch: list[Token]) -> str:
+        parts = self._template()
+        if parts is None:
+            return "".join(_sse(self.formatter.token_chunk(self.spec, self.out, t)) for t in batch)
+        head, tail = parts
+        return "".join(f"{head}{_json_text(token.text)}{tail}" for token in batch)
+
+
+def _json_text(text: str) -> str:
+    try:
+        return orjson.dumps(text).decode()
+    except TypeError:
+        return json.dumps(text)
 
 
 async def _admit(ports: GatewayPorts, spec: RequestSpec) -> Any:
@@ -254,9 +297,10 @@ async def _serve_stream(
                 yield _sse(start)
             if first is not None:
                 # One write per batch of tokens that arrived together, not one per token.
-                yield _events(formatter, spec, out, first)
+                events = _Events(formatter, spec, out)
+                yield events.render(first)
                 async for batch in tokens:
-                    yield _events(formatter, spec, out, batch)
+                    yield events.render(batch)
             # Every token is out: from here on the request is complete and billable, even if
             # the client hangs up before reading the closing lines.
             ending, error = Ending.OK, None

@@ -12,7 +12,7 @@ from rigpool.core.errors import BadRequest
 from rigpool.gateway.auth import Caller, require_api_key
 from rigpool.gateway.chat.schemas import ChatCompletionRequest
 from rigpool.gateway.request import DEFAULT_CHAT_MAX_TOKENS, Outcome, RequestSpec, check_context
-from rigpool.gateway.serving import new_spec, ports_of, resolve_model, serve
+from rigpool.gateway.serving import TEXT, new_spec, ports_of, resolve_model, serve
 from rigpool.protocol.messages import Token
 
 router = APIRouter()
@@ -40,6 +40,9 @@ class ChatFormatter:
         if spec.sampling.logprobs:
             chunk["choices"][0]["logprobs"] = {"content": [_logprob_entry(token)]}
         return chunk
+
+    def token_template(self, spec: RequestSpec, out: Outcome) -> dict[str, Any] | None:
+        return None if spec.sampling.logprobs else self._chunk(spec, out, {"content": TEXT}, None)
 
     def finish_chunk(self, spec: RequestSpec, out: Outcome) -> dict[str, Any]:
         return self._chunk(spec, out, {}, out.finish_reason)

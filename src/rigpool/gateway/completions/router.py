@@ -10,7 +10,7 @@ from fastapi.responses import Response
 from rigpool.gateway.auth import Caller, require_api_key
 from rigpool.gateway.completions.schemas import CompletionRequest
 from rigpool.gateway.request import Outcome, RequestSpec, check_context
-from rigpool.gateway.serving import new_spec, ports_of, resolve_model, serve
+from rigpool.gateway.serving import TEXT, new_spec, ports_of, resolve_model, serve
 from rigpool.protocol.messages import Token
 
 router = APIRouter()
@@ -41,6 +41,9 @@ class CompletionFormatter:
         offset, self._offset = self._offset, self._offset + len(token.text)
         logprobs = _logprobs([token], offset=offset) if spec.sampling.logprobs else None
         return self._chunk(spec, out, token.text, logprobs, None)
+
+    def token_template(self, spec: RequestSpec, out: Outcome) -> dict[str, Any] | None:
+        return None if spec.sampling.logprobs else self._chunk(spec, out, TEXT, None, None)
 
     def finish_chunk(self, spec: RequestSpec, out: Outcome) -> dict[str, Any]:
         return self._chunk(spec, out, "", None, out.finish_reason)
