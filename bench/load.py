@@ -494,6 +494,7 @@ def main() -> None:
         args.seconds, args.profile_seconds = 2.0, 5.0
     levels = [int(c) for c in args.concurrency.split(",")]
     cpus = sorted(os.sched_getaffinity(0))
+    load_at_start = os.getloadavg()
     if len(cpus) < 2:
         args.no_pin = True
     if not args.no_pin:
@@ -610,6 +611,8 @@ def main() -> None:
         "cpu_per_request": "coordinator user+system CPU from /proc over the step / requests",
         "stages": "yappi CPU-clock shares (streamed, billing on) x unprofiled CPU per request",
         "quick": args.quick,
+        # other work on the machine shows here (the steps' ratios to "direct" absorb some of it)
+        "load_average_1min_start_end": [round(load_at_start[0], 2), round(os.getloadavg()[0], 2)],
     }
     path = write_result("load", metrics, goals, setup)
     console.print(f"wrote {path}")

@@ -363,3 +363,26 @@ def test_a_session_that_goes_away_ends_its_streams_with_a_retryable_error():
     got = asyncio.run(scenario())
     assert got[0] == _tokens(rid, [0])
     assert len(got) == 2 and isinstance(got[1][0], Error) and got[1][0].retryable
+
+
+# ---------------------------------------------------------------------------------------------
+# The agent link's heartbeat deadline (one deadline moved forward, not a timer per message).
+
+
+def test_a_silent_agent_is_dropped_and_a_talking_one_is_kept(coordinator):
+    timeout_s = coordinator.state.settings.heartbeat_timeout_s  # 3 s in tests
+    talking = RawAgent(coordinator.url, CAPS)  # heartbeats every 0.5 s from a thread
+    silent = RawAgent(coordinator.url, CAPS)
+    silent._closed.set()  # stops its heartbeat thread: nothing more comes from it
+    try:
+        wait_for(lambda: coordinator.agents_online() == 2)
+        quiet_since = time.monotonic()
+        wait_for(lambda: coordinator.agents_online() == 1, timeout_s=3 * timeout_s)
+        waited = time.monotonic() - quiet_since
+        assert timeout_s - 0.5 <= waited <= timeout_s + 1.0 + 1.0, waited
+        assert talking.identity.agent_id in coordinator.state.hub.sessions
+        time.sleep(timeout_s)  # well past one timeout since the talking agent joined
+        assert talking.identity.agent_id in coordinator.state.hub.sessions
+    finally:
+        talking.close()
+        silent.close()
