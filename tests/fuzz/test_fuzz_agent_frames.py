@@ -3,9 +3,9 @@
 Each example is a fresh agent (a new identity and a real signed hello, `netsupport.RawAgent`)
 that then sends a few generated frames, raw (not sealed) or sealed with its session key, so both
 the outer and the inner decoder see them: random text, random JSON, and near-valid protocol
-frames with out-of-range or mistyped fields. After each example the coordinator must still
-answer /healthz; after all of them no rogue session may be left behind and a well-behaved agent
-must still serve a request end to end.
+frames with out-of-range or mistyped fields (batches of such frames too). After each example
+the coordinator must still answer /healthz; after all of them no rogue session may be left
+behind and a well-behaved agent must still serve a request end to end.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ CAPS = Capabilities(
     backend="emulated", emulated=True, models=[ModelOffer(name=TOY_MODEL_NAME, context_length=2048)]
 )
 FRAME_TYPES = [
-    "hello", "heartbeat", "token", "done", "error", "sealed", "generate", "attest_data", "", "x"
+    "hello", "heartbeat", "token", "done", "error", "batch", "sealed", "generate", "attest_data",
+    "", "x",
 ]  # fmt: skip
 
 json_values = st.recursive(
@@ -40,6 +41,18 @@ json_values = st.recursive(
         st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
     ),
     max_leaves=12,
+)
+
+#: near-valid stream frames, what a `batch` carries (1.5)
+near_valid_stream = st.fixed_dictionaries(
+    {"type": st.sampled_from(["token", "done", "error", "batch", "heartbeat"])},
+    optional={
+        "request_id": st.text(max_size=20) | json_values,
+        "index": st.integers(min_value=-2, max_value=2**70) | json_values,
+        "text": st.text(max_size=50) | json_values,
+        "finish_reason": st.sampled_from(["stop", "length", "eos"]),
+        "message": st.text(max_size=50),
+    },
 )
 
 #: near-valid frames: a known type and plausible field names with arbitrary values.
@@ -64,6 +77,7 @@ near_valid = st.fixed_dictionaries(
         "part": st.integers() | json_values,
         "parts": st.integers() | json_values,
         "data": st.text(max_size=300) | json_values,
+        "frames": st.lists(near_valid_stream, max_size=6) | json_values,
     },
 )
 
