@@ -30,9 +30,10 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from operator import itemgetter
 from typing import Any, ClassVar, Literal, Protocol, cast
 
-from sqlalchemy import Table, bindparam, insert, select, tuple_, update
+from sqlalchemy import DateTime, Table, bindparam, insert, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from rigpool.ledger.errors import (
@@ -77,6 +78,9 @@ _SELECT_ENTRIES = select(
     JOURNAL.c.result,
     JOURNAL.c.id,
 ).where(JOURNAL.c.idempotency_key.in_(bindparam("keys", expanding=True)))
+_SELECT_ENTRY_IDS = select(JOURNAL.c.idempotency_key, JOURNAL.c.id).where(
+    JOURNAL.c.idempotency_key.in_(bindparam("keys", expanding=True))
+)
 _SELECT_RECEIPTS = select(RECEIPTS.c.request_id, RECEIPTS.c.leaf).where(
     RECEIPTS.c.request_id.in_(bindparam("ids", expanding=True))
 )
@@ -91,10 +95,57 @@ _SELECT_ACCOUNTS = select(
 # amount written by one batch are identical rows, so any pairing of them is the right one.
 _INSERT_ACCOUNTS = insert(ACCOUNTS).returning(ACCOUNTS.c.id, ACCOUNTS.c.kind, ACCOUNTS.c.owner)
 _INSERT_HOLDS = insert(HOLDS).returning(HOLDS.c.id, HOLDS.c.consumer, HOLDS.c.amount)
-_INSERT_JOURNAL = insert(JOURNAL).returning(JOURNAL.c.id, JOURNAL.c.idempotency_key)
-_INSERT_POSTINGS = insert(POSTINGS)
-_INSERT_RECEIPTS = insert(RECEIPTS)
-_CLOSE_HOLDS = (
+
+
+class _DriverMany:
+    """A statement whose rows go straight to the driver's `executemany`.
+
+    SQLAlchemy compiles it once per dialect (quoting, placeholders, PostgreSQL's casts), but
+    does not process each row: most of the cost of writing a posting. So values must already
+    be what the driver takes: `Book.write` renders datetimes with the dialect's own processor
+    and JSON with `json.dumps`, exactly as the column types would.
+    """
+
+    def __init__(self, stmt: Any, keys: Sequence[str]) -> None:
+        self.stmt, self.keys = stmt, list(keys)
+        self._compiled: dict[str, tuple[str, list[str] | None, dict[str, Any]]] = {}
+
+    def run(self, conn: Any, rows: list[dict[str, Any]]) -> Any:
+        dialect = conn.dialect
+        found = self._compiled.get(dialect.name)
+        if found is None:
+            compiled = self.stmt.compile(dialect=dialect, column_keys=self.keys)
+            order = list(compiled.positiontup) if compiled.positional else None
+            if order is not None and len(order) < 2:
+                raise ValueError("itemgetter of one key gives a value, not a row")
+            found = self._compiled[dialect.name] = (compiled.string, order, dict(compiled.params))
+        sql, order, fixed = found
+        if fixed:
+            rows = [{**fixed, **row} for row in rows]
+        params: list[Any] = rows if order is None else list(map(itemgetter(*order), rows))
+        return conn.exec_driver_sql(sql, params)
+
+
+_INSERT_JOURNAL = _DriverMany(
+    insert(JOURNAL),
+    ["idempotency_key", "kind", "request_hash", "memo", "reference", "result", "created"],
+)
+_INSERT_POSTINGS = _DriverMany(insert(POSTINGS), ["tx_id", "account_id", "amount"])
+_INSERT_RECEIPTS = _DriverMany(
+    insert(RECEIPTS),
+    [
+        "request_id",
+        "provider",
+        "consumer",
+        "amount",
+        "provider_amount",
+        "leaf",
+        "body",
+        "epoch_id",
+        "created",
+    ],
+)
+_CLOSE_HOLDS = _DriverMany(
     update(HOLDS)
     .where(HOLDS.c.id == bindparam("hid"), HOLDS.c.state == "active")
     .values(
@@ -102,13 +153,16 @@ _CLOSE_HOLDS = (
         captured=bindparam("s_captured"),
         provider=bindparam("s_provider"),
         closed=bindparam("s_closed"),
-    )
+    ),
+    ["hid", "s_state", "s_captured", "s_provider", "s_closed"],
 )
-_MOVE_BALANCES = (
+_MOVE_BALANCES = _DriverMany(
     update(ACCOUNTS)
     .where(ACCOUNTS.c.id == bindparam("aid"))
-    .values(balance=ACCOUNTS.c.balance + bindparam("delta"))
+    .values(balance=ACCOUNTS.c.balance + bindparam("delta")),
+    ["aid", "delta"],
 )
+_DATETIME = DateTime()
 _SELECT_OVERDRAWN = select(ACCOUNTS.c.id).where(
     ACCOUNTS.c.id.in_(bindparam("ids", expanding=True)), ACCOUNTS.c.balance < 0
 )
@@ -416,15 +470,16 @@ class Book:
                 hold.id = same[(hold.consumer, hold.amount)].pop()
         checkpoint()
         if self.closed_holds:
-            moved = conn.execute(
-                _CLOSE_HOLDS,
+            closed = _driver_datetime(conn, now)
+            moved = _CLOSE_HOLDS.run(
+                conn,
                 [
                     {
                         "hid": h.id,
                         "s_state": h.state,
                         "s_captured": h.captured,
                         "s_provider": h.provider,
-                        "s_closed": h.closed,
+                        "s_closed": closed,
                     }
                     for h in self.closed_holds
                 ],
@@ -435,8 +490,9 @@ class Book:
             if entry.kind == "hold" and entry.hold is not None:
                 entry.result["hold_id"] = entry.hold.id
         if self.new_entries:
-            rows = conn.execute(
-                _INSERT_JOURNAL,
+            created = _driver_datetime(conn, now)
+            _INSERT_JOURNAL.run(
+                conn,
                 [
                     {
                         "idempotency_key": e.key,
@@ -444,13 +500,17 @@ class Book:
                         "request_hash": e.digest,
                         "memo": "",
                         "reference": e.reference,
-                        "result": e.result,
-                        "created": now,
+                        "result": json.dumps(e.result),
+                        "created": created,
                     }
                     for e in self.new_entries
                 ],
             )
-            tx_ids = {key: tx_id for tx_id, key in _rows(rows)}
+            # The keys are unique, so reading them back names each new row's id.
+            tx_ids: dict[str, int] = {}
+            for chunk in _chunks([e.key for e in self.new_entries]):
+                found = _rows(conn.execute(_SELECT_ENTRY_IDS, {"keys": chunk}))
+                tx_ids.update({key: tx_id for key, tx_id in found})
             for entry in self.new_entries:
                 entry.id = tx_ids[entry.key]
             postings = [
@@ -459,21 +519,22 @@ class Book:
                 for acc, amount in e.legs.items()
             ]
             if postings:
-                conn.execute(_INSERT_POSTINGS, postings)
+                _INSERT_POSTINGS.run(conn, postings)
         checkpoint()
         moves = [(acc, d) for acc, d in self.deltas.items() if d]
         if moves:
             # The balance changes only by a delta, so a stale read cannot overwrite another
             # writer's change; the check below then refuses any overdraft it would have hidden.
-            conn.execute(_MOVE_BALANCES, [{"aid": acc.id, "delta": d} for acc, d in moves])
+            _MOVE_BALANCES.run(conn, [{"aid": acc.id, "delta": d} for acc, d in moves])
             debited = [acc.id for acc, d in moves if d < 0 and acc.kind != K.EXTERNAL]
             for chunk in _chunks(debited):
                 short = conn.execute(_SELECT_OVERDRAWN, {"ids": chunk}).first()
                 if short is not None:
                     raise StaleBook(f"account {short[0]} would go below zero")
         if self.new_receipts:
-            conn.execute(
-                _INSERT_RECEIPTS,
+            created = _driver_datetime(conn, now)
+            _INSERT_RECEIPTS.run(
+                conn,
                 [
                     {
                         "request_id": c.receipt.body.request_id,
@@ -482,13 +543,19 @@ class Book:
                         "amount": c.receipt.body.amount,
                         "provider_amount": c.receipt.body.provider_amount,
                         "leaf": c.leaf,
-                        "body": c.payload,
+                        "body": json.dumps(c.payload),
                         "epoch_id": None,
-                        "created": now,
+                        "created": created,
                     }
                     for c in self.new_receipts
                 ],
             )
+
+
+def _driver_datetime(conn: Any, value: datetime) -> Any:
+    """`value` as the DateTime column would hand it to this driver (SQLite: a string)."""
+    process = _DATETIME.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+    return process(value) if process is not None else value
 
 
 def _rows(result: Any) -> list[Any]:

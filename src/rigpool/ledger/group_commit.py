@@ -142,6 +142,12 @@ class GroupCommit:
         self._queue.put(_Item(unit, future))
         return future
 
+    def enqueue(self, unit: Unit[T], future: Future[T]) -> None:
+        """Queue `unit` to resolve a future the caller already handed out (see `submit`)."""
+        if self._closed or self.crashed is not None:
+            raise WriterStopped("the group-commit writer is stopped")
+        self._queue.put(_Item(unit, future))
+
     def submit_async(self, unit: Unit[T]) -> asyncio.Future[T]:
         """Queue `unit` from a coroutine; the asyncio future resolves after the commit.
 

@@ -32,6 +32,24 @@ from rigpool.ledger.errors import InvalidReceipt
 from rigpool.protocol.messages import RECEIPT_AGENT_DOMAIN
 from rigpool.protocol.signing import Identity
 
+_B58_DIGITS = {c: i for i, c in enumerate(base58.BITCOIN_ALPHABET.decode())}
+
+
+def b58decode(text: str) -> bytes:
+    """Base58 (Bitcoin alphabet, as Solana uses) to bytes; `ValueError` on a foreign character.
+
+    Gives what `base58.b58decode` gives, in a third of the time: a receipt carries two
+    signatures, and decoding them cost as much as one signature check.
+    """
+    n = 0
+    try:
+        for ch in text:
+            n = n * 58 + _B58_DIGITS[ch]
+    except KeyError as exc:
+        raise ValueError(f"{exc.args[0]!r} is not a base58 character") from None
+    zeros = len(text) - len(text.lstrip("1"))
+    return b"\0" * zeros + n.to_bytes((n.bit_length() + 7) // 8, "big")
+
 
 @lru_cache(maxsize=65_536)
 def _verify_key(public_key: str) -> VerifyKey | None:
@@ -51,7 +69,7 @@ def verify(public_key: str, message: bytes, signature: str) -> bool:
     if key is None:
         return False
     try:
-        key.verify(message, base58.b58decode(signature))
+        key.verify(message, b58decode(signature))
     except (BadSignatureError, ValueError, TypeError):
         return False
     return True

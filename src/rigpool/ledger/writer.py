@@ -10,8 +10,11 @@ Bad arguments (a zero amount, an empty key) raise at once, before anything is qu
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import queue
+import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError
 from typing import Any, TypeVar
 
 from rigpool.ledger.book import Capture, EscrowOp, Recovery
@@ -23,19 +26,64 @@ from rigpool.ledger.receipts import SignedReceipt, check_receipt
 T = TypeVar("T")
 
 
-def chain(source: Future[Any], target: Future[Any]) -> None:
-    """Resolve `target` like `source` once `source` is done."""
+class Checker:
+    """Threads that check receipts in chunks, then queue them for the writer.
 
-    def copy(done: Future[Any]) -> None:
-        if target.done():
-            return
-        exc = done.exception()
-        if exc is not None:
-            target.set_exception(exc)
-        else:
-            target.set_result(done.result())
+    A chunk is whatever is waiting (at most `chunk`): one queue hop per chunk rather than a pool
+    task per receipt, and the writer then finds many receipts per batch.
+    """
 
-    source.add_done_callback(copy)
+    def __init__(self, group: GroupCommit, threads: int, chunk: int = 256) -> None:
+        self.group = group
+        self.chunk = chunk
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._main, name=f"receipt-check-{i}", daemon=True)
+            for i in range(max(1, threads))
+        ]
+        for t in self._threads:
+            t.start()
+
+    def put(self, build: Callable[[], EscrowOp], future: Future[Any]) -> None:
+        self._queue.put((build, future))
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._queue.put(_STOP)
+        for t in self._threads:
+            t.join()
+
+    def _main(self) -> None:
+        while True:
+            chunk = [self._queue.get()]
+            while chunk[-1] is not _STOP and len(chunk) < self.chunk:
+                try:
+                    chunk.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = chunk[-1] is _STOP
+            checked = []
+            for build, future in chunk[:-1] if stop else chunk:
+                try:
+                    checked.append((build(), future))
+                except Exception as exc:  # a bad receipt
+                    _fail(future, exc)
+            # The whole chunk at once: the writer then commits it in one batch.
+            for op, future in checked:
+                try:
+                    self.group.enqueue(op, future)
+                except WriterStopped as exc:
+                    _fail(future, exc)
+            if stop:
+                return
+
+
+def _fail(future: Future[Any], exc: BaseException) -> None:
+    with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
+        future.set_exception(exc)
+
+
+_STOP = object()
 
 
 class EscrowWriter:
@@ -63,7 +111,7 @@ class EscrowWriter:
             faults=faults,
             name="ledger-writer",
         )
-        self.checkers = ThreadPoolExecutor(check_threads, thread_name_prefix="receipt-check")
+        self.checker = Checker(self.group, check_threads)
 
     def submit(self, unit: Unit[T]) -> Future[T]:
         """Any unit of work (a callable taking a Session), committed with the escrow batches."""
@@ -88,7 +136,7 @@ class EscrowWriter:
         return self.group.submit(self.ledger.release_op(hold_id, key))
 
     def record_receipt(self, receipt: SignedReceipt) -> Future[bool]:
-        """Check both signatures on the pool, then store the receipt group-committed.
+        """Check both signatures on a checker thread, then store the receipt group-committed.
 
         The value is True for a new receipt, False when the same one was stored; a bad
         signature or another receipt under the same request id fails with `InvalidReceipt`.
@@ -98,32 +146,21 @@ class EscrowWriter:
     def recover_from_receipt(
         self, receipt: SignedReceipt, *, coordinator: str, fee_bps: int | None = None
     ) -> Future[Recovery]:
-        """`Ledger.recover_from_receipt`, signatures checked on the pool, group-committed."""
+        """`Ledger.recover_from_receipt`, signatures checked on a checker, group-committed."""
         return self._checked(
             lambda: self.ledger.recovery_op(receipt, coordinator=coordinator, fee_bps=fee_bps)
         )
 
     def _checked(self, build: Callable[[], EscrowOp]) -> Future[Any]:
-        outer: Future[Any] = Future()
-
-        def built(done: Future[EscrowOp]) -> None:
-            exc = done.exception()
-            if exc is not None:
-                outer.set_exception(exc)
-                return
-            try:
-                inner = self.group.submit(done.result())
-            except WriterStopped as stopped:
-                outer.set_exception(stopped)
-                return
-            chain(inner, outer)
-
-        self.checkers.submit(build).add_done_callback(built)
-        return outer
+        if self.group.crashed is not None or not self.group.alive:
+            raise WriterStopped("the group-commit writer is stopped")
+        future: Future[Any] = Future()
+        self.checker.put(build, future)
+        return future
 
     def close(self, timeout: float | None = None) -> None:
         """Finish the receipt checks, commit what is queued, stop the writer."""
-        self.checkers.shutdown(wait=True)
+        self.checker.close()
         self.group.close(timeout)
 
     def __enter__(self) -> EscrowWriter:
