@@ -11,8 +11,9 @@ database transaction. A `Book` works like this:
    that fails (overdraft, unknown hold, a conflicting key) raises its own `LedgerError` and
    leaves nothing behind: the others are unaffected;
 3. **write** in bulk: new accounts and holds (`INSERT ... RETURNING id`), hold state changes, the
-   journal rows, their postings, one balance update per account with the net change of the
-   whole batch, and the receipts. Then the database checks again that no balance went below
+   journal rows (their ids read back by key), their postings, one balance update per account
+   with the net change of the whole batch, and the receipts; rows without a `RETURNING` go
+   straight to the driver's `executemany`. Then the database checks again that no balance went below
    zero, that every hold moved from `active` exactly once and that every key is new (a unique
    index); if another writer changed something since the read, that raises `StaleBook` and the
    caller retries (`Ledger` retries; `GroupCommit` re-runs the batch one unit at a time).
