@@ -36,9 +36,9 @@ RIGPOOL = [sys.executable, "-m", "rigpool"]
 
 #: the coordinator under yappi, for `Network(profiled=True)`: the real CLI (`rigpool coordinator
 #: ...`, arguments after -c) with two signal handlers. SIGUSR1 clears and starts yappi (CPU
-#: clock, every thread: the event loop and the `to_thread` database work); SIGUSR2 stops it
-#: and writes each function's own and total CPU time, with its callees, as JSON to
-#: $RIGPOOL_BENCH_PROFILE (written to a temporary name, then renamed).
+#: clock, every thread: the event loop, the `to_thread` work, the writer threads); SIGUSR2
+#: stops it and writes, per thread, each function's own and total CPU time with its callees
+#: as JSON to $RIGPOOL_BENCH_PROFILE (written to a temporary name, then renamed).
 _PROFILED_COORDINATOR = """
 import json, os, signal, sys, yappi
 from rigpool.cli.main import app
@@ -53,12 +53,13 @@ def stop(*_):
     yappi.stop()
     out = os.environ["RIGPOOL_BENCH_PROFILE"]
     rows = []
-    for s in yappi.get_func_stats():
-        rows.append({
-            "index": s.index, "name": s.name, "module": s.module, "lineno": s.lineno,
-            "tsub": s.tsub, "ttot": s.ttot, "ncall": s.ncall,
-            "children": [[c.index, c.ttot, c.tsub, c.ncall] for c in s.children],
-        })
+    for t in yappi.get_thread_stats():
+        for s in yappi.get_func_stats(ctx_id=t.id):
+            rows.append({
+                "thread": t.name, "index": s.index, "name": s.name, "module": s.module,
+                "lineno": s.lineno, "tsub": s.tsub, "ttot": s.ttot, "ncall": s.ncall,
+                "children": [[c.index, c.ttot, c.tsub, c.ncall] for c in s.children],
+            })
     with open(out + ".part", "w") as f:
         json.dump(rows, f)
     os.replace(out + ".part", out)

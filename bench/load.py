@@ -266,19 +266,57 @@ def stage_of(module: str, name: str) -> str | None:
     return None
 
 
+#: thread name pattern -> the stage of that thread's time no rule and no caller explains (the
+#: coordinator's writer and checker threads do one job each); other threads: OTHER
+THREADS: list[tuple[str, str]] = [
+    ("ledger", r"^ledger-writer"),
+    ("receipts", r"^receipt-check"),
+    ("request rows", r"^rigpool-requests"),
+    ("verification", r"^rigpool-(validator|attest)"),
+]
+_THREAD_RULES = [(stage, re.compile(pattern)) for stage, pattern in THREADS]
+
+
+def thread_stage(name: str) -> str:
+    """The stage of a thread's time that no rule and no recorded caller explains."""
+    return next((stage for stage, pattern in _THREAD_RULES if pattern.search(name)), OTHER)
+
+
 def attribute(
     rows: list[dict[str, Any]], rounds: int = 40
 ) -> tuple[dict[str, float], dict[str, list[tuple[str, float]]]]:
     """CPU seconds per stage, and each stage's functions by seconds (most first).
 
-    Each function's own time is split over its stages.
-
-    A function a rule names belongs to that stage; any other takes the mixture of its callers'
-    stages, weighted by the time it spent under each caller (yappi's caller -> callee edges),
-    iterated to a fixed point; a function nobody calls (the event loop, a thread's entry) is
-    OTHER. This is what a full stack would say whenever a library function's time follows
-    its callers' mix, which holds for the generic code here (asyncio, SQLAlchemy, pydantic).
+    Thread by thread (yappi's caller -> callee edges are per thread), each function's own time
+    is split over stages: a function a rule names belongs to that stage; any other takes the
+    mixture of its callers' stages, weighted by the time it spent under each caller, iterated
+    to a fixed point; a function with no caller on record (the thread's entry, or a call in
+    progress when profiling began) takes its thread's stage (`THREADS`, else OTHER). This is
+    what a full stack would say whenever a library function's time follows its callers' mix,
+    which holds for the generic code here (asyncio, SQLAlchemy, pydantic).
     """
+    threads: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        threads[str(r.get("thread", ""))].append(r)
+    seconds: dict[str, float] = defaultdict(float)
+    by_label: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for thread, thread_rows in threads.items():
+        root = thread_stage(thread)
+        for r, dist in _attribute_thread(thread_rows, root, rounds):
+            for stage, share in dist.items():
+                seconds[stage] += float(r["tsub"]) * share
+                by_label[stage][_label(r)] += float(r["tsub"]) * share
+    functions = {
+        stage: sorted(labels.items(), key=lambda item: -item[1])
+        for stage, labels in by_label.items()
+    }
+    return dict(seconds), functions
+
+
+def _attribute_thread(
+    rows: list[dict[str, Any]], root: str, rounds: int
+) -> list[tuple[dict[str, Any], dict[str, float]]]:
+    """Each function of one thread with its stage mixture (see `attribute`)."""
     by_index = {r["index"]: r for r in rows}
     callers: dict[int, list[tuple[int, float]]] = defaultdict(list)
     for r in rows:
@@ -286,9 +324,7 @@ def attribute(
             if child != r["index"] and child in by_index:
                 callers[child].append((r["index"], max(float(ttot), 1e-9 * int(ncall))))
     fixed = {i: stage_of(r["module"], r["name"]) for i, r in by_index.items()}
-    dist: dict[int, dict[str, float]] = {
-        i: {fixed[i] or OTHER: 1.0} for i in by_index
-    }  # fmt: skip
+    dist: dict[int, dict[str, float]] = {i: {fixed[i] or root: 1.0} for i in by_index}
     for _ in range(rounds):
         changed = 0.0
         for i in by_index:
@@ -303,15 +339,7 @@ def attribute(
             dist[i] = dict(mix)
         if changed < 1e-6:
             break
-    seconds: dict[str, float] = defaultdict(float)
-    functions: dict[str, list[tuple[str, float]]] = defaultdict(list)
-    for i, r in by_index.items():
-        for stage, share in dist[i].items():
-            seconds[stage] += float(r["tsub"]) * share
-            functions[stage].append((_label(r), float(r["tsub"]) * share))
-    for stage in functions:
-        functions[stage].sort(key=lambda item: -item[1])
-    return dict(seconds), dict(functions)
+    return [(by_index[i], dist[i]) for i in by_index]
 
 
 def _label(r: dict[str, Any]) -> str:
@@ -319,9 +347,11 @@ def _label(r: dict[str, Any]) -> str:
 
 
 def top_functions(rows: list[dict[str, Any]], n: int = 12) -> list[tuple[str, float]]:
-    """The functions with the most own CPU time: (name (module:line), seconds)."""
-    ranked = sorted(rows, key=lambda r: -float(r["tsub"]))[:n]
-    return [(_label(r), float(r["tsub"])) for r in ranked]
+    """The functions with the most own CPU time, all threads: (name (module:line), seconds)."""
+    own: dict[str, float] = defaultdict(float)
+    for r in rows:
+        own[_label(r)] += float(r["tsub"])
+    return sorted(own.items(), key=lambda item: -item[1])[:n]
 
 
 # ---------------------------------------------------------------------------------------------
