@@ -169,9 +169,27 @@ def _json_text(text: str) -> str:
 
 
 async def _admit(ports: GatewayPorts, spec: RequestSpec) -> Any:
-    """The request's row, then its escrow hold: both durable before anything is routed."""
-    await ports.store.admit(spec)
-    return await ports.escrow.hold(spec) if ports.escrow is not None else None
+    """The request's row and its escrow hold: both durable before anything is routed.
+
+    Both are queued at once, so they usually share one group commit (one writer round trip,
+    not two). A reused idempotency key is rare: then the hold just taken is released.
+    """
+    if ports.escrow is None:
+        await ports.store.admit(spec)
+        return None
+    results: tuple[Any, Any] = await asyncio.gather(
+        ports.store.admit(spec), ports.escrow.hold(spec), return_exceptions=True
+    )
+    admitted, hold = results
+    if isinstance(admitted, BaseException):
+        if not isinstance(hold, BaseException):
+            released = ports.escrow.settle(spec, Outcome(), hold, billable=0)
+            if released is not None:
+                await released
+        raise admitted
+    if isinstance(hold, BaseException):
+        raise hold
+    return hold
 
 
 async def serve(
