@@ -124,8 +124,9 @@ class GroupCommit:
         self.lock = lock if lock is not None else threading.RLock()
         self.faults = faults if faults is not None else Faults()
         self.crashed: BaseException | None = None
-        #: batches committed, units committed (successes and failures), units per batch at most
-        self.stats = {"batches": 0, "units": 0, "largest": 0, "retried": 0}
+        #: batches committed, units in them (successes and failures), the largest batch, batches
+        #: retried unit by unit, and the writer thread's CPU time in microseconds
+        self.stats = {"batches": 0, "units": 0, "largest": 0, "retried": 0, "cpu_us": 0}
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
         self._conn: Connection | None = None
@@ -230,6 +231,7 @@ class GroupCommit:
         return [item for item in batch if item.start()]
 
     def _commit(self, batch: list[_Item[Any]]) -> None:
+        cpu = time.thread_time()
         units = [item.unit for item in batch]
         try:
             outcomes = self._transaction(units, grouped=True)
@@ -255,6 +257,7 @@ class GroupCommit:
         for loop, resolved in by_loop.items():
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
                 loop.call_soon_threadsafe(_resolve, resolved)
+        self.stats["cpu_us"] += round((time.thread_time() - cpu) * 1e6)
 
     def _connection(self) -> Connection:
         conn = self._conn
