@@ -15,6 +15,7 @@ import contextlib
 import json
 import threading
 import time
+from collections.abc import AsyncIterator
 
 import base58
 import httpx
@@ -22,11 +23,13 @@ import pytest
 from websockets.sync.server import ServerConnection, serve
 
 from netsupport import API_KEY, AgentThread, RawAgent, ServerThread, wait_for
+from rigpool.agent.backends.base import Finish, GenerationRequest, TokenChunk
 from rigpool.agent.backends.emulated import EmulatedBackend
 from rigpool.coordinator.hub import AgentSession, Hub
 from rigpool.devnet.localnet import TOY_MODEL_NAME
 from rigpool.protocol.channel import Opener, coordinator_session_key, new_ephemeral
 from rigpool.protocol.messages import (
+    MAX_FRAME_BYTES,
     Batch,
     Cancel,
     Capabilities,
@@ -66,6 +69,7 @@ class RecordingCoordinator:
         self.max_tokens = max_tokens
         self.messages: list[Token | Done | Error | Batch] = []
         self.arrived: list[float] = []  # when each recorded message arrived
+        self.largest = 0  # bytes of the largest message received
         self.finished = threading.Event()
         self.server = serve(self._handle, "127.0.0.1", 0)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -93,7 +97,9 @@ class RecordingCoordinator:
             encode(Generate(request_id="r.1", model=TOY_MODEL_NAME, prompt="hi", sampling=sampling))
         )
         while not self.finished.is_set():
-            sealed = decode_agent_frame(ws.recv(timeout=20))
+            raw = ws.recv(timeout=20)
+            self.largest = max(self.largest, len(raw.encode() if isinstance(raw, str) else raw))
+            sealed = decode_agent_frame(raw)
             msg = decode_agent_frame(opener.open(sealed))  # type: ignore[arg-type]
             if not isinstance(msg, Token | Done | Error | Batch):
                 continue
@@ -113,10 +119,19 @@ class RecordingCoordinator:
         self.server.shutdown()
 
 
-def _serve_one(version: str, max_tokens: int, time_scale: float) -> RecordingCoordinator:
+def _serve_one(
+    version: str,
+    max_tokens: int,
+    time_scale: float,
+    backend: EmulatedBackend | None = None,
+    flush_window_s: float | None = None,
+) -> RecordingCoordinator:
     coordinator = RecordingCoordinator(version, max_tokens)
-    backend = EmulatedBackend("H100 SXM", TOY_MODEL_NAME, time_scale=time_scale)
-    agent = AgentThread(coordinator.url, backend).start()
+    backend = backend or EmulatedBackend("H100 SXM", TOY_MODEL_NAME, time_scale=time_scale)
+    agent = AgentThread(coordinator.url, backend)
+    if flush_window_s is not None:
+        agent.agent.flush_window_s = flush_window_s
+    agent.start()
     try:
         assert coordinator.finished.wait(30), "the agent did not finish the request"
     finally:
@@ -145,6 +160,30 @@ def test_a_1_4_coordinator_gets_one_frame_per_message():
     _assert_complete_stream(recorder.frames(), 64)
     assert not any(isinstance(m, Batch) for m in recorder.messages)
     assert len(recorder.messages) == 65
+
+
+class WideTokens(EmulatedBackend):
+    """An emulated GPU whose every token is 4,000 four-byte characters (16 KB of UTF-8)."""
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenChunk | Finish]:
+        for _ in range(request.sampling.max_tokens):
+            yield TokenChunk("\U0001f600" * 4000)
+        yield Finish("length", request.sampling.max_tokens)
+
+
+def test_batches_of_wide_tokens_stay_under_the_frame_limit_in_bytes():
+    # 200 tokens of 16 KB (3.2 MB in all, produced at once) and a window so long that only the
+    # size cap cuts batches: they are cut by UTF-8 bytes, so none reaches the 1 MiB limit that
+    # both ends enforce on a message's bytes (the recording server would close the connection
+    # on a larger one).
+    backend = WideTokens("H100 SXM", TOY_MODEL_NAME, time_scale=0.0)
+    recorder = _serve_one(
+        "1.5", max_tokens=200, time_scale=0.0, backend=backend, flush_window_s=30.0
+    )
+    _assert_complete_stream(recorder.frames(), 200)
+    assert any(isinstance(m, Batch) and len(m.frames) > 1 for m in recorder.messages)
+    assert recorder.largest <= MAX_FRAME_BYTES
+    assert recorder.largest > MAX_FRAME_BYTES // 4  # and they are batches, not single tokens
 
 
 def test_a_slow_stream_is_not_held_back():

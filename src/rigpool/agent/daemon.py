@@ -73,9 +73,10 @@ SERVED_MEMORY = 10_000
 #: default wait (s) for more tokens before a batch goes out (see the module docstring)
 FLUSH_WINDOW_S = 0.002
 
-#: a batch goes out as soon as its frames' JSON reaches this many characters: sealing at most
-#: doubles it (JSON escaping of the body), so the message stays far below MAX_FRAME_BYTES
-MAX_BATCH_CHARS = 256 * 1024
+#: a batch goes out as soon as its frames' JSON reaches this many UTF-8 bytes: sealing at most
+#: doubles it (the JSON escaping of the body; non-ASCII text is not escaped), so even with one
+#: more frame of the largest kind the message stays far below MAX_FRAME_BYTES
+MAX_BATCH_BYTES = 256 * 1024
 
 
 class AgentRefused(RuntimeError):
@@ -149,7 +150,7 @@ class Agent:
         self.flush_window_s = flush_window_s
         self._batching = False
         self._pending: list[str] = []
-        self._pending_chars = 0
+        self._pending_bytes = 0
         self._last_flush = 0.0
         self._flush_timer: asyncio.TimerHandle | None = None
         self._flush_tasks: set[asyncio.Task[None]] = set()
@@ -221,10 +222,10 @@ class Agent:
         """
         text = encode_token(frame) if isinstance(frame, Token) else encode(frame)
         self._pending.append(text)
-        self._pending_chars += len(text)
+        self._pending_bytes += len(text) if text.isascii() else len(text.encode())
         if (
             isinstance(frame, Token)
-            and self._pending_chars < MAX_BATCH_CHARS
+            and self._pending_bytes < MAX_BATCH_BYTES
             and len(self._pending) < MAX_BATCH_FRAMES
         ):
             loop = asyncio.get_running_loop()
@@ -256,7 +257,7 @@ class Agent:
                 self._flush_timer = None
             if not self._pending:
                 return
-            frames, self._pending, self._pending_chars = self._pending, [], 0
+            frames, self._pending, self._pending_bytes = self._pending, [], 0
             self._last_flush = asyncio.get_running_loop().time()
             text = frames[0] if len(frames) == 1 else encode_batch(frames)
             if self._sealer is not None:
@@ -270,7 +271,7 @@ class Agent:
             self._flush_timer = None
         for task in list(self._flush_tasks):
             task.cancel()
-        self._pending, self._pending_chars, self._last_flush = [], 0, 0.0
+        self._pending, self._pending_bytes, self._last_flush = [], 0, 0.0
         self._batching = batching
 
     async def _serve_connection(self, ws: ClientConnection, backoff: Backoff) -> None:
