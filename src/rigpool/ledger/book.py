@@ -169,6 +169,83 @@ _SELECT_OVERDRAWN = select(ACCOUNTS.c.id).where(
 )
 
 
+class _ByList:
+    """A `SELECT ... WHERE x IN (<list>)` whose list is one parameter, not one per value.
+
+    SQLite reads a JSON array (`json_each`), PostgreSQL an array (`= ANY`, `unnest`): the SQL
+    text is the same whatever the batch, so the driver's prepared statement is reused and
+    nothing is rendered per value. Other databases get `fallback`, SQLAlchemy's expanding IN.
+    """
+
+    def __init__(self, sqlite: str, postgresql: str, fallback: Any, name: str) -> None:
+        self.sqlite, self.postgresql, self.fallback, self.name = sqlite, postgresql, fallback, name
+
+    def rows(self, conn: Any, values: Sequence[Any]) -> list[Any]:
+        if not values:
+            return []
+        dialect = conn.dialect.name
+        if dialect == "sqlite":
+            return list(conn.exec_driver_sql(self.sqlite, (json.dumps(list(values)),)))
+        if dialect == "postgresql":
+            if values and isinstance(values[0], tuple):
+                columns = list(zip(*values, strict=True))
+                params = {f"v{i}": list(col) for i, col in enumerate(columns)}
+            else:
+                params = {"v0": list(values)}
+            return list(conn.exec_driver_sql(self.postgresql, params))
+        found: list[Any] = []
+        for chunk in _chunks(values):
+            found.extend(conn.execute(self.fallback, {self.name: chunk}))
+        return found
+
+
+_LOAD_ENTRIES = _ByList(
+    "SELECT idempotency_key, kind, request_hash, result, id FROM ledger_journal_txs "
+    "WHERE idempotency_key IN (SELECT value FROM json_each(?))",
+    "SELECT idempotency_key, kind, request_hash, result, id FROM ledger_journal_txs "
+    "WHERE idempotency_key = ANY(%(v0)s::varchar[])",
+    _SELECT_ENTRIES,
+    "keys",
+)
+_LOAD_ENTRY_IDS = _ByList(
+    "SELECT idempotency_key, id FROM ledger_journal_txs "
+    "WHERE idempotency_key IN (SELECT value FROM json_each(?))",
+    "SELECT idempotency_key, id FROM ledger_journal_txs "
+    "WHERE idempotency_key = ANY(%(v0)s::varchar[])",
+    _SELECT_ENTRY_IDS,
+    "keys",
+)
+_LOAD_RECEIPTS = _ByList(
+    "SELECT request_id, leaf FROM ledger_receipts "
+    "WHERE request_id IN (SELECT value FROM json_each(?))",
+    "SELECT request_id, leaf FROM ledger_receipts WHERE request_id = ANY(%(v0)s::varchar[])",
+    _SELECT_RECEIPTS,
+    "ids",
+)
+_LOAD_HOLDS = _ByList(
+    "SELECT id, consumer, amount, state, captured, provider FROM ledger_holds "
+    "WHERE id IN (SELECT value FROM json_each(?))",
+    "SELECT id, consumer, amount, state, captured, provider FROM ledger_holds "
+    "WHERE id = ANY(%(v0)s::integer[])",
+    _SELECT_HOLDS,
+    "ids",
+)
+_LOAD_ACCOUNTS = _ByList(
+    "SELECT id, kind, owner, balance FROM ledger_accounts WHERE (kind, owner) IN "
+    "(SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))",
+    "SELECT id, kind, owner, balance FROM ledger_accounts WHERE (kind, owner) IN "
+    "(SELECT * FROM unnest(%(v0)s::varchar[], %(v1)s::varchar[]))",
+    _SELECT_ACCOUNTS,
+    "pairs",
+)
+_LOAD_OVERDRAWN = _ByList(
+    "SELECT id FROM ledger_accounts WHERE balance < 0 AND id IN (SELECT value FROM json_each(?))",
+    "SELECT id FROM ledger_accounts WHERE balance < 0 AND id = ANY(%(v0)s::integer[])",
+    _SELECT_OVERDRAWN,
+    "ids",
+)
+
+
 class StaleBook(Exception):
     """The database changed under the in-memory view (another writer); retry the batch."""
 
@@ -326,29 +403,22 @@ class Book:
     def load(self, ops: Sequence[EscrowOp]) -> None:
         """Read everything the operations refer to, in a few bulk queries."""
         conn = self.s.connection()
-        keys = {k for op in ops for k in op.idempotency_keys()}
-        for chunk in _chunks(sorted(keys)):
-            for key, kind, digest, result, tx_id in _rows(
-                conn.execute(_SELECT_ENTRIES, {"keys": chunk})
-            ):
-                self.entries[key] = _Entry(key, kind, digest, dict(result or {}), id=tx_id)
-        request_ids = {r for op in ops for r in op.receipt_ids()}
-        for chunk in _chunks(sorted(request_ids)):
-            for rid, leaf in _rows(conn.execute(_SELECT_RECEIPTS, {"ids": chunk})):
-                self.receipts[rid] = leaf
-        hold_ids = {h for op in ops for h in op.hold_ids(self)}
-        for chunk in _chunks(sorted(hold_ids)):
-            rows = _rows(conn.execute(_SELECT_HOLDS, {"ids": chunk}))
-            for hid, consumer, amount, state, captured, provider in rows:
-                hold = _Hold(hid, consumer, int(amount), state)
-                hold.captured, hold.provider = int(captured or 0), provider
-                self.holds[hid] = hold
-        pairs = {p for op in ops for p in op.account_pairs(self)}
-        for chunk in _chunks(sorted(pairs)):
-            for aid, kind, owner, balance in _rows(
-                conn.execute(_SELECT_ACCOUNTS, {"pairs": chunk})
-            ):
-                self.accounts[(kind, owner)] = _Account(aid, kind, owner, int(balance))
+        keys = sorted({k for op in ops for k in op.idempotency_keys()})
+        for key, kind, digest, result, tx_id in _LOAD_ENTRIES.rows(conn, keys):
+            if isinstance(result, str):  # SQLite hands JSON back as text
+                result = json.loads(result)
+            self.entries[key] = _Entry(key, kind, digest, dict(result or {}), id=tx_id)
+        request_ids = sorted({r for op in ops for r in op.receipt_ids()})
+        for rid, leaf in _LOAD_RECEIPTS.rows(conn, request_ids):
+            self.receipts[rid] = leaf
+        hold_ids = sorted({h for op in ops for h in op.hold_ids(self)})
+        for hid, consumer, amount, state, captured, provider in _LOAD_HOLDS.rows(conn, hold_ids):
+            hold = _Hold(hid, consumer, int(amount), state)
+            hold.captured, hold.provider = int(captured or 0), provider
+            self.holds[hid] = hold
+        pairs = sorted({p for op in ops for p in op.account_pairs(self)})
+        for aid, kind, owner, balance in _LOAD_ACCOUNTS.rows(conn, pairs):
+            self.accounts[(kind, owner)] = _Account(aid, kind, owner, int(balance))
 
     # ----------------------------------------------------------------- apply
 
@@ -508,10 +578,8 @@ class Book:
                 ],
             )
             # The keys are unique, so reading them back names each new row's id.
-            tx_ids: dict[str, int] = {}
-            for chunk in _chunks([e.key for e in self.new_entries]):
-                found = _rows(conn.execute(_SELECT_ENTRY_IDS, {"keys": chunk}))
-                tx_ids.update({key: tx_id for key, tx_id in found})
+            found = _LOAD_ENTRY_IDS.rows(conn, [e.key for e in self.new_entries])
+            tx_ids: dict[str, int] = {key: tx_id for key, tx_id in found}
             for entry in self.new_entries:
                 entry.id = tx_ids[entry.key]
             postings = [
@@ -528,10 +596,9 @@ class Book:
             # writer's change; the check below then refuses any overdraft it would have hidden.
             _MOVE_BALANCES.run(conn, [{"aid": acc.id, "delta": d} for acc, d in moves])
             debited = [acc.id for acc, d in moves if d < 0 and acc.kind != K.EXTERNAL]
-            for chunk in _chunks(debited):
-                short = conn.execute(_SELECT_OVERDRAWN, {"ids": chunk}).first()
-                if short is not None:
-                    raise StaleBook(f"account {short[0]} would go below zero")
+            short = _LOAD_OVERDRAWN.rows(conn, debited)
+            if short:
+                raise StaleBook(f"account {short[0][0]} would go below zero")
         if self.new_receipts:
             created = _driver_datetime(conn, now)
             _INSERT_RECEIPTS.run(
