@@ -54,7 +54,9 @@ async def finish(
 
     The writes of steps 1-3 are queued to the group-commit writer in that order (so they
     usually share one transaction with other requests' writes) and awaited together: when
-    `finish` returns they are durable. Nothing here blocks the event loop.
+    `finish` returns they are durable. The receipt is collected meanwhile: the agent's
+    countersigned copy is what recovers a capture a crash kept from the database
+    (docs/money.md). Nothing here blocks the event loop.
     """
     out.billed_tokens = billable_tokens(spec, out, ending)
     writes: list[Awaitable[Any]] = []
@@ -70,12 +72,12 @@ async def finish(
         evidence = check_metering(spec, out, ports.trust)
         if evidence is not None:
             writes.append(evidence)
+    if out.charged:  # 4. receipt: needs the charge (known at once), not its durability
+        spawn(collect_receipt(ports, spec, out))
     for result in await asyncio.gather(*writes, return_exceptions=True):
         if isinstance(result, BaseException):
             # The answer stands; what was not written is recovered (docs/money.md).
             log.error("request %s: a final write failed: %r", spec.request_id, result)
-    if out.charged:  # 4. receipt
-        spawn(collect_receipt(ports, spec, out))
     if ending is Ending.OK and out.provider_id is not None:  # 5. verifier
         backend = ports.agents.backend_of(out.provider_id)
         ports.trust.offer(
