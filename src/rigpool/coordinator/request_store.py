@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -29,12 +29,82 @@ def _utcnow() -> datetime:
 _TABLE: Table = RequestRecord.__table__  # type: ignore[assignment]  # a Table at runtime
 
 
-def _insert(row: dict[str, Any], session: Session) -> None:
-    session.execute(insert(_TABLE), [row])
+class _RowWrite:
+    """One write to the requests table, as a group-commit unit that `RowBatcher` batches.
+
+    Called alone (`unit(session)`, as `GroupCommit` does when it retries a batch unit by unit)
+    it is applied by the same batcher, so both paths run the same code.
+    """
+
+    __slots__ = ("kind", "values")
+
+    def __init__(self, kind: str, values: dict[str, Any]) -> None:
+        self.kind = kind  # "insert" | "update" (values["_id"] names the row)
+        self.values = values
+
+    @property
+    def batcher(self) -> RowBatcher:
+        return ROWS
+
+    def __call__(self, session: Session) -> None:
+        ok, value = ROWS.run_batch(session, [self])[0]
+        if not ok:
+            raise value
 
 
-def _update(request_id: str, values: dict[str, Any], session: Session) -> None:
-    session.execute(update(_TABLE).where(_TABLE.c.id == request_id).values(**values))
+class RowBatcher:
+    """Applies consecutive row writes together: one executemany per kind and column set.
+
+    Inserts are tried as one statement inside a SAVEPOINT; if one of them collides with an
+    existing idempotency key, they are re-run one by one (each in its own SAVEPOINT) so that
+    only the colliding request fails. Updates cannot fail on a constraint. Every update's row
+    was inserted by an earlier, committed batch (a request finishes only after its admission
+    is durable), so inserts going first is only a formality.
+    """
+
+    def run_batch(self, session: Session, units: Sequence[_RowWrite]) -> list[tuple[bool, Any]]:
+        outcomes: dict[int, tuple[bool, Any]] = {}
+        inserts = [(i, u) for i, u in enumerate(units) if u.kind == "insert"]
+        if inserts:
+            outcomes.update(self._insert(session, inserts))
+        groups: dict[tuple[str, ...], list[tuple[int, _RowWrite]]] = {}
+        for i, u in enumerate(units):
+            if u.kind == "update":
+                groups.setdefault(tuple(u.values), []).append((i, u))
+        for columns, members in groups.items():
+            # Bound names differ from the columns' (SQLAlchemy reserves those for SET).
+            statement = (
+                update(_TABLE)
+                .where(_TABLE.c.id == bindparam("b__id"))
+                .values({c: bindparam(f"b_{c}") for c in columns if c != "_id"})
+            )
+            params = [{f"b_{k}": v for k, v in u.values.items()} for _, u in members]
+            session.execute(statement, params)
+            outcomes.update((i, (True, None)) for i, _ in members)
+        return [outcomes[i] for i in range(len(units))]
+
+    @staticmethod
+    def _insert(
+        session: Session, inserts: list[tuple[int, _RowWrite]]
+    ) -> list[tuple[int, tuple[bool, Any]]]:
+        try:
+            with session.begin_nested():
+                session.execute(insert(_TABLE), [u.values for _, u in inserts])
+            return [(i, (True, None)) for i, _ in inserts]
+        except IntegrityError:
+            pass
+        done: list[tuple[int, tuple[bool, Any]]] = []
+        for i, u in inserts:
+            try:
+                with session.begin_nested():
+                    session.execute(insert(_TABLE), [u.values])
+                done.append((i, (True, None)))
+            except IntegrityError as exc:
+                done.append((i, (False, exc)))
+        return done
+
+
+ROWS = RowBatcher()
 
 
 class SqlRequestStore:
@@ -65,7 +135,7 @@ class SqlRequestStore:
             "created": _utcnow(),
         }
         try:
-            await self.writer.submit_async(partial(_insert, row))
+            await self.writer.submit_async(_RowWrite("insert", row))
         except IntegrityError:
             prior = await asyncio.to_thread(self._prior, spec)
             raise IdempotentReplay(prior) from None
@@ -104,7 +174,7 @@ class SqlRequestStore:
         if status != "ok":
             # A request that did not end well frees its idempotency key for a retry.
             values["idempotency_key"] = f"{spec.idempotency_key}:failed:{spec.request_id}"[:128]
-        return self.writer.submit_async(partial(_update, spec.request_id, values))
+        return self.writer.submit_async(_RowWrite("update", {"_id": spec.request_id, **values}))
 
     def tokens_used_today(self, key_id: int) -> int:
         """Prompt + completion tokens of the key's requests since 00:00 UTC."""
