@@ -306,21 +306,32 @@ class GroupCommit:
             return outcomes
 
     def _apply(self, session: Session, units: Sequence[Unit[Any]]) -> list[Outcome]:
-        """Runs of units sharing a `batcher` go to it together; other units one by one."""
-        outcomes: list[Outcome] = []
+        """Units with a `batcher` go to it together; other units one by one, in order.
+
+        Between two plain units, the batched units are grouped by batcher, each batcher's
+        units kept in submission order. Different batchers write unrelated rows (escrow
+        movements, request rows), so a batch's order between them does not matter, and
+        grouping is what lets requests that interleave (hold, row, hold, row ...) share one
+        statement per kind. A plain unit stays where it was submitted relative to everything.
+        """
+        outcomes: list[Outcome | None] = [None] * len(units)
         i = 0
         while i < len(units):
-            batcher: Any = getattr(units[i], "batcher", None)
-            if batcher is None:
-                outcomes.append(self._savepoint(session, units[i]))
+            if getattr(units[i], "batcher", None) is None:
+                outcomes[i] = self._savepoint(session, units[i])
                 i += 1
                 continue
-            j = i + 1
-            while j < len(units) and getattr(units[j], "batcher", None) is batcher:
+            j = i
+            groups: dict[int, tuple[Any, list[int]]] = {}
+            while j < len(units) and (batcher := getattr(units[j], "batcher", None)) is not None:
+                groups.setdefault(id(batcher), (batcher, []))[1].append(j)
                 j += 1
-            outcomes.extend(batcher.run_batch(session, units[i:j]))
+            for batcher, members in groups.values():
+                results = batcher.run_batch(session, [units[k] for k in members])
+                for k, result in zip(members, results, strict=True):
+                    outcomes[k] = result
             i = j
-        return outcomes
+        return [o for o in outcomes if o is not None]
 
     def _one_by_one(self, session: Session, units: Sequence[Unit[Any]]) -> list[Outcome]:
         return [self._savepoint(session, unit) for unit in units]
