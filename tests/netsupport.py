@@ -42,16 +42,30 @@ def make_settings(tmp_path: Path, model_dirs: list[Path], **overrides: object) -
 class AgentThread:
     """A real `Agent` (the daemon's code) with any backend, on its own event loop thread."""
 
-    def __init__(self, coordinator_url: str, backend: object, **caps: object):
+    def __init__(
+        self,
+        coordinator_url: str,
+        backend: object,
+        *,
+        identity: object | None = None,
+        receipts_path: Path | None = None,
+        **caps: object,
+    ):
         from rigpool.agent.daemon import Agent
         from rigpool.agent.setup import ProvideOptions, capabilities_for
         from rigpool.protocol.signing import Identity
 
-        self.identity = Identity.generate()
+        self.identity = identity if isinstance(identity, Identity) else Identity.generate()
         capabilities, _ = capabilities_for(backend, ProvideOptions(backend="auto"))  # type: ignore[arg-type]
         if caps:
             capabilities = capabilities.model_copy(update=caps)
-        self.agent = Agent(coordinator_url, self.identity, backend, capabilities)  # type: ignore[arg-type]
+        self.agent = Agent(
+            coordinator_url,
+            self.identity,
+            backend,  # type: ignore[arg-type]
+            capabilities,
+            receipts_path=receipts_path,
+        )
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.error: BaseException | None = None

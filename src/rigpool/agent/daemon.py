@@ -10,6 +10,12 @@ them): a token produced while the last message went out less than `flush_window_
 for the end of that window, and everything waiting then travels as one sealed `batch` message.
 The first token after a quiet spell, and every `done` or `error`, go out at once, so a slow
 stream gains no latency and a fast one costs one message per window instead of one per token.
+
+Receipts (protocol 1.6): the coordinator hands the agent each receipt it countersigned; the
+agent checks both signatures and keeps it in its journal (`agent/receipt_journal.py`, on its
+own thread) until the coordinator acknowledges that its ledger holds it. After each welcome
+from a 1.6 coordinator the agent presents the receipts that coordinator countersigned and did
+not acknowledge: that is how a capture lost in a coordinator crash is charged after all.
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -31,14 +39,18 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from rigpool.agent.attest import Attester
 from rigpool.agent.backends.base import Backend, Finish, GenerationRequest, SamplingParams
+from rigpool.agent.receipt_journal import MAX_HELD_RECEIPTS, ReceiptJournal
 from rigpool.core.errors import BackendError
 from rigpool.protocol.channel import Sealer, agent_session_key
 from rigpool.protocol.messages import (
     BATCH_VERSION,
     MAX_BATCH_FRAMES,
     MAX_FRAME_BYTES,
+    MAX_RECEIPTS_BYTES,
+    MAX_RECEIPTS_PER_FRAME,
     MAX_VERIFIED_TOKENS,
     RECEIPT_AGENT_DOMAIN,
+    RECEIPTS_VERSION,
     AttestChallenge,
     AttestData,
     AttestProbe,
@@ -50,6 +62,9 @@ from rigpool.protocol.messages import (
     Heartbeat,
     Hello,
     ProtocolError,
+    ReceiptCountersigned,
+    Receipts,
+    ReceiptsAck,
     ReceiptSignature,
     Refused,
     SignReceipt,
@@ -62,6 +77,7 @@ from rigpool.protocol.messages import (
     encode_batch,
     encode_token,
 )
+from rigpool.protocol.receipts import receipt_problem
 from rigpool.protocol.signing import Identity, canonical_bytes, new_nonce
 from rigpool.trust.evidence import claimed_sampling, provider_statement
 
@@ -134,6 +150,8 @@ class Agent:
         *,
         on_status: Callable[[str], None] | None = None,
         flush_window_s: float = FLUSH_WINDOW_S,
+        receipts_path: Path | None = None,
+        max_receipts: int = MAX_HELD_RECEIPTS,
     ):
         self.url = agent_url(coordinator)
         self.identity = identity
@@ -160,6 +178,11 @@ class Agent:
         #: attestation challenges run on the backend's device (agent/attest.py)
         self._attester = Attester(str(getattr(backend, "device", "auto")))
         self._attest_tasks: set[asyncio.Task[None]] = set()
+        #: countersigned receipts not yet acknowledged (on disk at `receipts_path`; memory only
+        #: without one), read and written on one thread of their own, in arrival order
+        self.receipts = ReceiptJournal(receipts_path, max_receipts=max_receipts)
+        self._journal_io = ThreadPoolExecutor(1, thread_name_prefix="rigpool-receipts")
+        self._receipt_tasks: set[asyncio.Future[Any]] = set()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -167,6 +190,7 @@ class Agent:
     async def run_forever(self) -> None:
         """Connect, serve, reconnect with backoff; return when stopped, raise when refused."""
         backoff = Backoff()
+        await self._journal(self.receipts.load)
         if not self.capabilities.emulated:
             await self._attester.warm_up()  # torch and the device context, off the clock
         while not self._stopping.is_set():
@@ -194,12 +218,22 @@ class Agent:
                     await asyncio.wait_for(self._stopping.wait(), delay)
             except InvalidURI as exc:
                 raise AgentRefused(f"bad coordinator URL: {exc}") from exc
+        if self._receipt_tasks:  # receipts still being written to the journal
+            await asyncio.wait(list(self._receipt_tasks), timeout=10)
+        self._journal_io.shutdown(wait=True)
         await self.backend.close()
+
+    def _journal(self, call: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Run a journal method on the journal's thread (calls run in the order made)."""
+        future = asyncio.get_running_loop().run_in_executor(self._journal_io, call, *args)
+        self._receipt_tasks.add(future)
+        future.add_done_callback(self._receipt_tasks.discard)
+        return future
 
     async def _send(
         self,
         ws: ClientConnection,
-        frame: Token | Done | Error | Heartbeat | Hello | ReceiptSignature | AttestData,
+        frame: Token | Done | Error | Heartbeat | Hello | ReceiptSignature | AttestData | Receipts,
     ) -> None:
         if self._batching and isinstance(frame, Token | Done | Error):
             await self._send_stream_frame(ws, frame)
@@ -298,6 +332,8 @@ class Agent:
             self._reset_batching(at_least(reply.protocol_version, BATCH_VERSION))
         models = ", ".join(m.name for m in self.capabilities.models)
         self.on_status(f"connected as {self.identity.agent_id} serving {models}")
+        if reply.coordinator_id and at_least(reply.protocol_version, RECEIPTS_VERSION):
+            self._present_receipts(ws, reply.coordinator_id)
         heartbeat = asyncio.create_task(self._heartbeats(ws, reply.heartbeat_interval_s))
         stop_wait = asyncio.create_task(self._stopping.wait())
         loop = asyncio.get_running_loop()
@@ -342,6 +378,10 @@ class Agent:
                     task.add_done_callback(self._forget_task(frame.request_id))
                 elif isinstance(frame, SignReceipt):
                     await self._send(ws, self._receipt_signature(frame))
+                elif isinstance(frame, ReceiptCountersigned):
+                    self._keep_receipt(frame)
+                elif isinstance(frame, ReceiptsAck):
+                    self._acknowledged(frame)
                 elif isinstance(frame, AttestChallenge | AttestProbe):
                     self._attest(ws, frame)
                 elif isinstance(frame, Refused):  # e.g. a failed attestation
@@ -378,6 +418,64 @@ class Agent:
 
         task = asyncio.create_task(work())
         self._attest_tasks.add(task)
+        task.add_done_callback(self._attest_tasks.discard)
+
+    def _keep_receipt(self, frame: ReceiptCountersigned) -> None:
+        """Check a countersigned receipt and journal it (on the journal's thread)."""
+
+        def check_and_keep() -> None:
+            problem = receipt_problem(frame.receipt, provider=self.identity.agent_id)
+            if problem is not None:
+                log.warning(
+                    "not keeping the countersigned receipt of %s: %s",
+                    frame.receipt.request_id or frame.attempt_id,
+                    problem,
+                )
+                return
+            self.receipts.add(frame.receipt)
+
+        self._journal(check_and_keep).add_done_callback(_log_journal_error)
+
+    def _acknowledged(self, frame: ReceiptsAck) -> None:
+        """The coordinator holds these receipts (or refuses them for good): forget them."""
+        for refusal in frame.refused:
+            log.warning(
+                "coordinator refused the receipt of %s: %s (dropped)",
+                refusal.request_id,
+                refusal.reason,
+            )
+        if frame.note:
+            log.warning("coordinator on receipts: %s", frame.note)
+        done = [*frame.durable, *(r.request_id for r in frame.refused)]
+        if done:
+            self._journal(self.receipts.ack, done).add_done_callback(_log_journal_error)
+
+    def _present_receipts(self, ws: ClientConnection, coordinator_id: str) -> None:
+        """Send the receipts `coordinator_id` countersigned and did not acknowledge."""
+
+        async def present() -> None:
+            held = await self._journal(self.receipts.pending, coordinator_id)
+            if not held:
+                return
+            self.on_status(f"presenting {len(held)} countersigned receipt(s) not acknowledged")
+            chunk: list[Any] = []
+            size = 0
+            with contextlib.suppress(ConnectionClosed):
+                for receipt in held:
+                    text = receipt.model_dump_json()
+                    if chunk and (
+                        size + len(text) > MAX_RECEIPTS_BYTES
+                        or len(chunk) >= MAX_RECEIPTS_PER_FRAME
+                    ):
+                        await self._send(ws, Receipts(receipts=chunk))
+                        chunk, size = [], 0
+                    chunk.append(receipt)
+                    size += len(text)
+                if chunk:
+                    await self._send(ws, Receipts(receipts=chunk))
+
+        task = asyncio.create_task(present())
+        self._attest_tasks.add(task)  # cancelled with the connection, like attestation work
         task.add_done_callback(self._attest_tasks.discard)
 
     def _receipt_signature(self, frame: SignReceipt) -> ReceiptSignature:
@@ -527,3 +625,9 @@ class Agent:
                         message=f"backend crashed: {type(exc).__name__}",
                     ),
                 )
+
+
+def _log_journal_error(done: asyncio.Future[Any]) -> None:
+    """A journal write that failed (disk full, permissions): say so, keep serving."""
+    if not done.cancelled() and done.exception() is not None:
+        log.error("receipt journal: %r", done.exception())

@@ -116,6 +116,13 @@ def provide(
     identity: Annotated[
         Path | None, typer.Option(help="Solana keypair file (created when missing).")
     ] = None,
+    receipts: Annotated[
+        Path | None,
+        typer.Option(
+            help="Journal of countersigned receipts not yet acknowledged (default: beside "
+            "the keypair, <keypair>-receipts.jsonl)."
+        ),
+    ] = None,
     region: Annotated[str, typer.Option(help="Region label, e.g. eu-west, us-east.")] = "local",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (transformers).")] = "auto",
     context_length: Annotated[int, typer.Option(help="Context of proxied/emulated models.")] = 2048,
@@ -126,6 +133,7 @@ def provide(
 ) -> None:
     """Join a rigpool network as a provider (dials out; no inbound port needed)."""
     from rigpool.agent.daemon import Agent, AgentRefused
+    from rigpool.agent.receipt_journal import default_journal_path
     from rigpool.agent.setup import (
         ProvideOptions,
         build_backend,
@@ -158,7 +166,14 @@ def provide(
     except (RigpoolError, ValueError, OSError) as exc:
         raise fail(str(exc)) from None
     console.print(note)
-    agent = Agent(coordinator, ident, agent_backend, caps, on_status=console.print)
+    agent = Agent(
+        coordinator,
+        ident,
+        agent_backend,
+        caps,
+        on_status=console.print,
+        receipts_path=receipts or default_journal_path(key_path),
+    )
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

@@ -19,7 +19,7 @@ import time
 import base58
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from rigpool.coordinator import attest_link
+from rigpool.coordinator import attest_link, receipt_link
 from rigpool.coordinator.hub import AgentSession
 from rigpool.coordinator.registry import provider_offline, provider_online, remember_nonce
 from rigpool.coordinator.state import CoordinatorState
@@ -33,6 +33,7 @@ from rigpool.protocol.messages import (
     Heartbeat,
     Hello,
     ProtocolError,
+    Receipts,
     ReceiptSignature,
     Refused,
     Sealed,
@@ -127,6 +128,7 @@ async def agent_connect(ws: WebSocket) -> None:
         send_text=ws.send_text,
         close=close,
         models=frozenset(accepted),
+        protocol_version=frame.protocol_version,
     )
     await asyncio.to_thread(provider_online, state.db, frame.agent_id, frame.capabilities, accepted)
     ephemeral_private, ephemeral_public = new_ephemeral()
@@ -140,6 +142,8 @@ async def agent_connect(ws: WebSocket) -> None:
                 agent_id=frame.agent_id,
                 heartbeat_interval_s=state.settings.heartbeat_interval_s,
                 session_pubkey=ephemeral_public.hex(),
+                # whose countersigned receipts this agent may present here (1.6)
+                coordinator_id=state.identity.agent_id if state.identity is not None else "",
             )
         )
     )
@@ -232,5 +236,8 @@ async def _receive_frames(
                     session.attest_inbox.add(msg)
             elif isinstance(msg, ReceiptSignature):
                 hub.deliver_receipt(session, msg)
+            elif isinstance(msg, Receipts):
+                coordinator_id = state.identity.agent_id if state.identity is not None else None
+                receipt_link.accept_presented(session, msg, state.billing, coordinator_id)
             elif isinstance(msg, Hello):
                 log.warning("agent %s sent a second hello; ignored", agent_id)

@@ -111,6 +111,12 @@ class AgentSession:
     vram_free_mb: int | None = None
     #: why the coordinator closed this session itself ("" when it did not)
     refused: str = ""
+    #: the protocol version of the agent's hello (1.6 agents keep countersigned receipts)
+    protocol_version: str = ""
+    #: request ids of receipts now durable, acknowledged together (coordinator/receipt_link.py)
+    acks: list[str] = field(default_factory=list)
+    #: presented receipts being recovered (bounded per session)
+    receipt_work: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
     def active(self) -> int:

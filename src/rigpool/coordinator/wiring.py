@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, Callable
+from concurrent.futures import Future
 from typing import Any
 
+from rigpool.coordinator import receipt_link
 from rigpool.coordinator.keys import authenticate
 from rigpool.coordinator.request_store import SqlRequestStore
 from rigpool.coordinator.state import CoordinatorState
@@ -101,18 +103,38 @@ class HubLink:
         session = self.hub.sessions.get(agent_id)
         return session.capabilities.backend if session is not None else ""
 
+    async def hand_receipt(self, agent_id: str, attempt_id: str, receipt: dict[str, Any]) -> None:
+        session = self.hub.sessions.get(agent_id)
+        if session is not None:
+            await receipt_link.hand_receipt(session, attempt_id, receipt)
+
+    def receipt_durable(self, agent_id: str, request_id: str) -> None:
+        session = self.hub.sessions.get(agent_id)
+        if session is not None:
+            receipt_link.ack_later(session, request_id)
+
 
 async def _unreachable(agent_id: str) -> AsyncGenerator[list[Frame], None]:
     raise ConnectionError(f"agent {agent_id} is not connected")
     yield  # an async generator that fails on its first step
 
 
+#: captures remembered at most while their receipt is collected (see `LedgerEscrow`)
+PENDING_CAPTURES = 100_000
+
+
 class LedgerEscrow:
-    """`Escrow` over `Billing`'s group-committed face and the providers' posted prices."""
+    """`Escrow` over `Billing`'s group-committed face and the providers' posted prices.
+
+    A capture is remembered from `settle` until it is committed (or, if it fails, until its
+    receipt is recorded), so that `record_receipt` returns only once the receipt *and* the
+    capture it proves are durable: only then may the agent forget its copy.
+    """
 
     def __init__(self, state: CoordinatorState, billing: Billing) -> None:
         self.state = state
         self.billing = billing
+        self._captures: dict[str, Future[Any]] = {}
 
     async def hold(self, spec: RequestSpec) -> Hold | None:
         cap = self.state.price_cap(spec.model.name, spec.constraints)
@@ -131,7 +153,21 @@ class LedgerEscrow:
             hold, spec.request_id, price, spec.prompt_tokens, billable, provider
         )
         outcome.charged, outcome.fee = settled.capture.charged, settled.capture.fee
+        if outcome.charged:
+            self._remember(spec.request_id, settled.durable)
         return asyncio.wrap_future(settled.durable)
+
+    def _remember(self, request_id: str, durable: Future[Any]) -> None:
+        captures = self._captures
+        if len(captures) >= PENDING_CAPTURES:  # failed captures whose receipt never came
+            captures.pop(next(iter(captures)), None)
+        captures[request_id] = durable
+
+        def committed(done: Future[Any]) -> None:  # on the writer's thread
+            if not done.cancelled() and done.exception() is None:
+                captures.pop(request_id, None)
+
+        durable.add_done_callback(committed)
 
     def receipt_terms(self, agent_id: str, model: str) -> tuple[int, int]:
         price = self.state.price(agent_id, model)
@@ -139,6 +175,9 @@ class LedgerEscrow:
 
     async def record_receipt(self, signed: SignedReceipt) -> None:
         await self.billing.record_receipt_async(signed)
+        capture = self._captures.pop(signed.body.request_id, None)
+        if capture is not None:  # not committed yet, or failed (then this raises)
+            await asyncio.wrap_future(capture)
 
 
 class StateTrust:

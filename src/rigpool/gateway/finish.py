@@ -91,6 +91,9 @@ async def finish(
 async def collect_receipt(ports: GatewayPorts, spec: RequestSpec, out: Outcome) -> None:
     """After a paid request: the agent signs the receipt, the coordinator countersigns, stores.
 
+    The countersigned receipt goes back to the agent at once (protocol 1.6), before the capture
+    is durable: the agent keeps it until told that the receipt and the capture are committed,
+    and presents it after a coordinator crash (docs/money.md, "What is durable when").
     An agent that is gone or refuses leaves the capture in place and logs why: the ledger is
     already balanced; only the provable receipt is missing.
     """
@@ -130,11 +133,19 @@ async def collect_receipt(ports: GatewayPorts, spec: RequestSpec, out: Outcome) 
         return
     try:
         signed = countersign(body, answer.signature, identity)
+    except RigpoolError as exc:
+        log.warning("receipt of %s not countersigned: %s", spec.request_id, exc.message)
+        return
+    await ports.agents.hand_receipt(agent, out.attempt_id, signed.model_dump(mode="json"))
+    try:
         await ports.escrow.record_receipt(signed)
     except RigpoolError as exc:
         log.warning("receipt of %s not recorded: %s", spec.request_id, exc.message)
+        return
     except Exception as exc:  # the writer stopped (shutting down): the agent keeps its copy
         log.warning("receipt of %s not recorded: %r", spec.request_id, exc)
+        return
+    ports.agents.receipt_durable(agent, spec.request_id)
 
 
 _background: set[asyncio.Task[None]] = set()

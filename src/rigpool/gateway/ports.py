@@ -66,6 +66,13 @@ class AgentLink(Protocol):
         ...
 
     def backend_of(self, agent_id: str) -> str: ...
+    async def hand_receipt(self, agent_id: str, attempt_id: str, receipt: dict[str, Any]) -> None:
+        """Give the agent its countersigned receipt (JSON object); best effort, never raises."""
+        ...
+
+    def receipt_durable(self, agent_id: str, request_id: str) -> None:
+        """Tell the agent its receipt and the capture it proves are durable (best effort)."""
+        ...
 
 
 class RequestStore(Protocol):
@@ -112,7 +119,11 @@ class Escrow(Protocol):
         ...
 
     async def record_receipt(self, signed: Any) -> None:
-        """Store a receipt signed by the agent and countersigned by the coordinator."""
+        """Store a receipt signed by the agent and countersigned by the coordinator.
+
+        Returns once the receipt and the capture it proves are both durable; raises when
+        either failed (the agent then keeps its copy and presents it later).
+        """
         ...
 
 

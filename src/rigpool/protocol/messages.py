@@ -22,10 +22,14 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
 #: major.minor — major must match between peers; minor only adds fields with defaults.
-PROTOCOL_VERSION = "1.5"
+PROTOCOL_VERSION = "1.6"
 
 #: the first version whose coordinators accept `batch` frames
 BATCH_VERSION = "1.5"
+
+#: the first version whose peers exchange countersigned receipts (`receipt_countersigned`,
+#: `receipts`, `receipts_ack`): neither side sends them to an older peer
+RECEIPTS_VERSION = "1.6"
 
 #: frames bigger than this are refused by both sides before parsing (a garbage flood guard).
 MAX_FRAME_BYTES = 1 << 20
@@ -40,6 +44,19 @@ MAX_BATCH_FRAMES = 4096
 #: domain separation of the agent's receipt signature (the ledger checks the same prefix), so a
 #: receipt signature can never be replayed as any other signed message of the agent.
 RECEIPT_AGENT_DOMAIN = b"rigpool-receipt-v1/agent:"
+
+#: domain separation of the coordinator's countersignature, which covers
+#: RECEIPT_COORDINATOR_DOMAIN + the body's canonical JSON + b"|" + the agent's signature (the
+#: ledger's `COORDINATOR_DOMAIN`; the agent checks countersignatures with it)
+RECEIPT_COORDINATOR_DOMAIN = b"rigpool-receipt-v1/coordinator:"
+
+#: most receipts one `receipts` frame carries (an agent also keeps each frame's JSON under
+#: MAX_RECEIPTS_BYTES, so the sealed message stays far below MAX_FRAME_BYTES)
+MAX_RECEIPTS_PER_FRAME = 256
+MAX_RECEIPTS_BYTES = 256 * 1024
+
+#: most request ids one `receipts_ack` names
+MAX_ACKS_PER_FRAME = 4096
 
 
 class _Frame(BaseModel):
@@ -97,6 +114,9 @@ class Welcome(_Frame):
     # 1.2: hex X25519 public key of this session; when set, every later agent frame is sealed
     # (see protocol/channel.py).
     session_pubkey: str = Field(default="", max_length=64)
+    # 1.6: the coordinator's identity (base58 public key), the key that countersigns its
+    # receipts: an agent presents to it only the receipts it countersigned. "" when it has none.
+    coordinator_id: str = Field(default="", max_length=64)
 
 
 class Sealed(_Frame):
@@ -193,6 +213,71 @@ class ReceiptSignature(_Frame):
     attempt_id: str = Field(max_length=128)
     signature: str = Field(default="", max_length=128)
     refused: str = Field(default="", max_length=512)
+
+
+class CountersignedReceipt(_Frame):
+    """1.6: a receipt as it travels: the body (a JSON object), both signatures.
+
+    The body stays a plain object, so its canonical JSON (sorted keys, no spaces) is exactly
+    what was signed; `protocol/receipts.py` checks it, the ledger's `SignedReceipt` types it.
+    """
+
+    body: dict[str, Any]
+    agent_signature: str = Field(max_length=128)
+    coordinator_signature: str = Field(max_length=128)
+
+    @property
+    def request_id(self) -> str:
+        """The body's request id ("" when it has none)."""
+        rid = self.body.get("request_id")
+        return rid if isinstance(rid, str) else ""
+
+
+class ReceiptCountersigned(_Frame):
+    """1.6, coordinator -> agent: the receipt the agent signed (`attempt_id`), countersigned.
+
+    Sent right after the coordinator countersigns it, before the capture it proves is durable:
+    the agent keeps it in its journal until a `receipts_ack` names it.
+    """
+
+    type: Literal["receipt_countersigned"] = "receipt_countersigned"
+    attempt_id: str = Field(default="", max_length=128)
+    receipt: CountersignedReceipt
+
+
+class Receipts(_Frame):
+    """1.6, agent -> coordinator: countersigned receipts the agent holds and that were not acked.
+
+    Sent after each `welcome` of a 1.6 coordinator, for the receipts that coordinator
+    countersigned; the coordinator answers with `receipts_ack`.
+    """
+
+    type: Literal["receipts"] = "receipts"
+    receipts: list[CountersignedReceipt] = Field(min_length=1, max_length=MAX_RECEIPTS_PER_FRAME)
+
+
+class ReceiptRefusal(_Frame):
+    """A presented receipt the coordinator will never accept, and why."""
+
+    request_id: str = Field(max_length=128)
+    reason: str = Field(max_length=512)
+
+
+class ReceiptsAck(_Frame):
+    """1.6, coordinator -> agent: what became of receipts (presented, or handed out earlier).
+
+    `durable`: in the coordinator's ledger (the capture, or the charge, and the receipt are
+    committed): the agent forgets them. `refused`: never acceptable here (a bad signature,
+    another provider, another coordinator, no such hold): the agent forgets them too, and logs
+    why. A presented receipt named in neither (the writer is busy or stopped, the consumer's
+    balance is short) stays with the agent for the next connection. `note` says why nothing
+    could be recorded at all (e.g. billing is off).
+    """
+
+    type: Literal["receipts_ack"] = "receipts_ack"
+    durable: list[str] = Field(default_factory=list, max_length=MAX_ACKS_PER_FRAME)
+    refused: list[ReceiptRefusal] = Field(default_factory=list, max_length=MAX_RECEIPTS_PER_FRAME)
+    note: str = Field(default="", max_length=512)
 
 
 class Cancel(_Frame):
@@ -321,11 +406,28 @@ class AttestData(_Frame):
 
 
 AgentFrame = Annotated[
-    Hello | Heartbeat | Token | Done | Error | Batch | Sealed | ReceiptSignature | AttestData,
+    Hello
+    | Heartbeat
+    | Token
+    | Done
+    | Error
+    | Batch
+    | Sealed
+    | ReceiptSignature
+    | AttestData
+    | Receipts,
     Field(discriminator="type"),
 ]
 CoordinatorFrame = Annotated[
-    Welcome | Refused | Generate | Cancel | SignReceipt | AttestChallenge | AttestProbe,
+    Welcome
+    | Refused
+    | Generate
+    | Cancel
+    | SignReceipt
+    | AttestChallenge
+    | AttestProbe
+    | ReceiptCountersigned
+    | ReceiptsAck,
     Field(discriminator="type"),
 ]
 
@@ -349,7 +451,18 @@ def _check_size(raw: str | bytes) -> None:
 
 def decode_agent_frame(
     raw: str | bytes,
-) -> Hello | Heartbeat | Token | Done | Error | Batch | Sealed | ReceiptSignature | AttestData:
+) -> (
+    Hello
+    | Heartbeat
+    | Token
+    | Done
+    | Error
+    | Batch
+    | Sealed
+    | ReceiptSignature
+    | AttestData
+    | Receipts
+):
     """Parse a frame sent by an agent; raises ProtocolError on anything malformed."""
     _check_size(raw)
     try:
@@ -360,7 +473,17 @@ def decode_agent_frame(
 
 def decode_coordinator_frame(
     raw: str | bytes,
-) -> Welcome | Refused | Generate | Cancel | SignReceipt | AttestChallenge | AttestProbe:
+) -> (
+    Welcome
+    | Refused
+    | Generate
+    | Cancel
+    | SignReceipt
+    | AttestChallenge
+    | AttestProbe
+    | ReceiptCountersigned
+    | ReceiptsAck
+):
     """Parse a frame sent by the coordinator; raises ProtocolError on anything malformed."""
     _check_size(raw)
     try:
