@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,10 +32,14 @@ from rigpool.ledger import Ledger, SignedReceipt, audit
 from rigpool.ledger.receipts import ReceiptBody, agent_sign, countersign
 from rigpool.ledger.tables import Receipt
 from rigpool.protocol.messages import (
+    RECEIPT_AGENT_DOMAIN,
     Capabilities,
     CountersignedReceipt,
+    Done,
     ModelOffer,
     Receipts,
+    ReceiptSignature,
+    Token,
 )
 from rigpool.protocol.signing import Identity, load_or_create_identity
 
@@ -271,3 +277,55 @@ def test_with_billing_off_the_agent_is_told_and_keeps_its_receipts(tmp_path, toy
             raw.close()
     assert ack["durable"] == [] and ack["refused"] == []
     assert "billing is off" in ack["note"]
+
+
+def test_a_1_5_agent_gets_no_receipt_frames_and_is_still_paid(tmp_path, toy_model):
+    caps = CAPS.model_copy(
+        update={
+            "models": [ModelOffer(name=TOY_MODEL_NAME, context_length=2048, price_out_per_mtok=4.0)]
+        }
+    )
+    with ServerThread(settings_for(tmp_path, toy_model)) as server:
+        create_key(server.db, key=API_KEY, consumer=CONSUMER)
+        Ledger(server.db).credit_deposit(CONSUMER, FUNDS, "d" * 64)
+        raw = RawAgent(server.url, caps, protocol_version="1.5")
+        assert "coordinator_id" in raw.welcome  # a 1.5 agent ignores the new field
+        seen: list[str] = []
+
+        def serve() -> None:
+            try:
+                while True:
+                    frame = raw.recv()
+                    seen.append(str(frame["type"]))
+                    if frame["type"] == "generate":
+                        rid = str(frame["request_id"])
+                        raw.send(Token(request_id=rid, index=0, text=" paid"))
+                        raw.send(Done(request_id=rid, finish_reason="length"))
+                    elif frame["type"] == "sign_receipt":
+                        body = str(frame["body"])
+                        signature = raw.identity.sign(RECEIPT_AGENT_DOMAIN + body.encode())
+                        raw.send(
+                            ReceiptSignature(
+                                attempt_id=str(frame["attempt_id"]), signature=signature
+                            )
+                        )
+            except Exception:
+                return
+
+        threading.Thread(target=serve, daemon=True).start()
+        try:
+            wait_for(lambda: server.agents_online() == 1)
+            reply = client(server).completions.create(
+                model=TOY_MODEL_NAME, prompt="old agent", max_tokens=1
+            )
+            wait_for(lambda: stored_receipt(server, reply.id) is not None, what="receipt")
+            wait_for(lambda: "sign_receipt" in seen, what="receipt signed")
+            time.sleep(0.3)  # past the acknowledgement window
+        finally:
+            raw.close()
+        assert not {"receipt_countersigned", "receipts_ack"} & set(seen), seen
+        ledger = Ledger(server.db)
+        receipt = stored_receipt(server, reply.id)
+        assert receipt is not None and receipt.body.amount > 0
+        assert ledger.balance("consumer", CONSUMER) == FUNDS - receipt.body.amount
+        assert audit(ledger) == []
