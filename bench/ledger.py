@@ -576,7 +576,14 @@ def main() -> None:
     console = Console()
     mode = "quick" if args.quick else "full"
     old: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
-    metrics: dict[str, Any] = dict(old.get("metrics", {}))
+    kept = old.get("metrics", {})
+    if args.only == "money":  # keep part 2's figures only
+        kept = {k: v for k, v in kept.items() if k in SETTLEMENT_KEYS}
+    elif args.only == "settlement":  # keep part 1's figures only
+        kept = {k: v for k, v in kept.items() if k not in SETTLEMENT_KEYS}
+    else:
+        kept = {}
+    metrics: dict[str, Any] = dict(kept)
     setup: dict[str, Any] = dict(old.get("setup", {}))
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
@@ -607,8 +614,6 @@ def main() -> None:
             }
             settlement_table(console, st)
     total = time.perf_counter() - t
-    metrics.pop("requests_per_s_hold_capture", None)  # the old name of pairs_per_s_one_tx_each
-    metrics.pop("bench_wall_s", None)
     goals = {
         name: goal(metrics[name], at_least=target)
         for name, target in MONEY_GOALS.items()
