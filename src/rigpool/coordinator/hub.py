@@ -20,6 +20,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from rigpool.coordinator.attest_records import AttestationRecord, AttestInbox
+from rigpool.core.errors import BadRequest
 from rigpool.protocol.messages import (
     Cancel,
     Capabilities,
@@ -247,7 +248,11 @@ class Hub:
     @staticmethod
     async def _send_request(session: AgentSession, request: Generate) -> None:
         try:
-            await session.send_text(encode(request))
+            text = encode(request)
+        except Exception as exc:  # the request itself cannot go on the wire: not the agent's
+            raise BadRequest(f"the request cannot be sent to a provider: {exc}") from exc
+        try:
+            await session.send_text(text)
         except Exception as exc:  # the socket died under us
             raise ConnectionError(f"could not reach agent: {exc}") from exc
 

@@ -116,8 +116,21 @@ class Dispatcher:
                 break
         out.attempts += 1
         delivered = len(out.tokens)
+        request = self._request(delivered)
+        self.routing.on_dispatch(pick)
+        return _Attempt(
+            pick,
+            self.agents.stream(pick, request),
+            time.monotonic(),
+            request.request_id,
+            offset=delivered,
+        )
+
+    def _request(self, delivered: int) -> Generate:
+        """The `generate` frame of the next attempt (a continuation after `delivered` tokens)."""
+        spec, out = self.spec, self.out
         continuing = delivered > 0
-        request = Generate(
+        return Generate(
             request_id=f"{spec.request_id}.{out.attempts}",
             model=spec.model.name,
             # Failover continues from the prompt plus the text the client already has.
@@ -127,14 +140,6 @@ class Dispatcher:
                 update={"max_tokens": spec.sampling.max_tokens - delivered}
             ),
             deadline=self.deadline,
-        )
-        self.routing.on_dispatch(pick)
-        return _Attempt(
-            pick,
-            self.agents.stream(pick, request),
-            time.monotonic(),
-            request.request_id,
-            offset=delivered,
         )
 
     async def _close(self, attempt: _Attempt, verdict: Verdict) -> None:
@@ -230,6 +235,10 @@ class Dispatcher:
                         if not racing:
                             racing.append(self._start())
                         continue
+                    except RigpoolError:  # the request itself (the hub could not send it)
+                        racing.remove(attempt)
+                        await self._close(attempt, "neutral")
+                        raise
                     racing.remove(attempt)
                     return attempt, batch
         finally:
