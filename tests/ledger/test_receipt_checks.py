@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import base58
@@ -34,6 +35,7 @@ def test_check_receipt_gives_the_leaf_and_the_stored_body_of_the_receipt(
     checked = check_receipt(receipt)
     assert checked.leaf == receipt.leaf().hex()
     assert checked.payload == receipt.model_dump(mode="json")
+    assert json.loads(checked.payload_json) == checked.payload
     forged = receipt.model_copy(update={"agent_signature": receipt.coordinator_signature})
     with pytest.raises(InvalidReceipt, match="agent signature"):
         check_receipt(forged)

@@ -611,7 +611,7 @@ class Book:
                         "amount": c.receipt.body.amount,
                         "provider_amount": c.receipt.body.provider_amount,
                         "leaf": c.leaf,
-                        "body": json.dumps(c.payload),
+                        "body": c.payload_json or json.dumps(c.payload),
                         "epoch_id": None,
                         "created": created,
                     }

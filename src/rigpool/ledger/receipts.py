@@ -161,6 +161,8 @@ class CheckedReceipt:
     receipt: SignedReceipt
     leaf: str
     payload: dict[str, Any]
+    #: `payload` as canonical JSON (what the leaf hashes); stored as the receipt's body
+    payload_json: str = ""
 
 
 def check_receipt(receipt: SignedReceipt, *, signatures: bool = True) -> CheckedReceipt:
@@ -191,7 +193,7 @@ def check_receipt(receipt: SignedReceipt, *, signatures: bool = True) -> Checked
         "agent_signature": receipt.agent_signature,
         "coordinator_signature": receipt.coordinator_signature,
     }
-    return CheckedReceipt(receipt, merkle.leaf_hash(whole).hex(), payload)
+    return CheckedReceipt(receipt, merkle.leaf_hash(whole).hex(), payload, whole.decode())
 
 
 def _countersigned(canonical: bytes, agent_signature: str) -> bytes:
