@@ -67,6 +67,7 @@ def coordinator(
 
     from rigpool.coordinator.access_log import install_redaction
     from rigpool.coordinator.app import create_app
+    from rigpool.coordinator.http_protocol import http_protocol
     from rigpool.coordinator.settings import Settings
     from rigpool.protocol.messages import MAX_FRAME_BYTES
 
@@ -89,6 +90,7 @@ def coordinator(
         log_level=log_level,
         ws_max_size=MAX_FRAME_BYTES,
         timeout_graceful_shutdown=5,
+        http=http_protocol(settings.header_read_timeout_s),
     )
 
 

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     #: a slower body is answered 408 and its connection closed, so a client that dribbles bytes
     #: cannot hold a connection; 30 s is 1 MiB at ~35 kB/s
     body_read_timeout_s: float = Field(default=30.0, gt=0)
+    #: a request line and headers not complete within this (from the connection, or from the
+    #: first byte of a later request on a kept-alive one) close the connection: a client that
+    #: connects and says nothing, or dribbles its headers, cannot hold a connection either
+    header_read_timeout_s: float = Field(default=10.0, gt=0)
     max_messages: int = Field(default=256, ge=1)
     max_n: int = Field(default=1, ge=1)
     # Per API key: requests per minute (token bucket with `rate_limit_burst`), daily tokens.

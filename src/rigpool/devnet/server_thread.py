@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from rigpool.coordinator.access_log import install_redaction
 from rigpool.coordinator.app import create_app
+from rigpool.coordinator.http_protocol import http_protocol
 from rigpool.coordinator.settings import Settings
 from rigpool.devnet.localnet import free_port
 from rigpool.protocol.messages import MAX_FRAME_BYTES
@@ -30,6 +31,7 @@ class CoordinatorThread:
         config = uvicorn.Config(
             self.app, host="127.0.0.1", port=self.port, log_level=log_level,
             ws_max_size=MAX_FRAME_BYTES, lifespan="on",
+            http=http_protocol(settings.header_read_timeout_s),
         )  # fmt: skip
         install_redaction()  # as `rigpool coordinator` does
         self.server = uvicorn.Server(config)
