@@ -24,6 +24,7 @@ from rigpool.gateway.chat import router as chat_router
 from rigpool.gateway.completions import router as completions_router
 from rigpool.gateway.errors import install_error_handlers
 from rigpool.gateway.finish import drain_background
+from rigpool.gateway.lean import LeanRoutes
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.gateway = gateway_ports(state, writer)  # all the gateway sees of the coordinator
     install_error_handlers(app)
 
+    if settings.lean_routes:  # added first: it runs inside BodyLimit, which reads the body
+        app.add_middleware(LeanRoutes)
     app.add_middleware(
         BodyLimit, limit=settings.max_body_bytes, read_timeout_s=settings.body_read_timeout_s
     )

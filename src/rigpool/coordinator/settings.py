@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     header_read_timeout_s: float = Field(default=10.0, gt=0)
     max_messages: int = Field(default=256, ge=1)
     max_n: int = Field(default=1, ge=1)
+    #: answer POST /v1/chat/completions and /v1/completions in gateway/lean.py, without FastAPI's
+    #: routing and dependency injection (same answers; off: FastAPI's routes serve them)
+    lean_routes: bool = True
     # Per API key: requests per minute (token bucket with `rate_limit_burst`), daily tokens.
     rate_limit_per_min: float = Field(default=6000, gt=0)
     rate_limit_burst: float = Field(default=1000, ge=1)
