@@ -24,7 +24,7 @@ from rigpool.gateway.request import ModelInfo, Outcome, RequestSpec
 from rigpool.gateway.tokenization import ModelTokenizer, load_tokenizer
 from rigpool.ledger import Price
 from rigpool.ledger.group_commit import GroupCommit
-from rigpool.ledger.receipts import SignedReceipt
+from rigpool.ledger.receipts import CheckedReceipt, SignedReceipt
 from rigpool.protocol.messages import Generate, ReceiptSignature
 from rigpool.protocol.signing import Identity
 from rigpool.scheduler.routing import Constraints, NoCandidate
@@ -173,9 +173,10 @@ class LedgerEscrow:
         price = self.state.price(agent_id, model)
         return price.input_per_million, price.output_per_million
 
-    async def record_receipt(self, signed: SignedReceipt) -> None:
+    async def record_receipt(self, signed: SignedReceipt | CheckedReceipt) -> None:
         await self.billing.record_receipt_async(signed)
-        capture = self._captures.pop(signed.body.request_id, None)
+        body = signed.receipt.body if isinstance(signed, CheckedReceipt) else signed.body
+        capture = self._captures.pop(body.request_id, None)
         if capture is not None:  # not committed yet, or failed (then this raises)
             await asyncio.wrap_future(capture)
 

@@ -36,6 +36,10 @@ capture goes to the provider that finished the stream: the one that failed forfe
       Checks both signatures on a checker thread, then stores the receipt group-committed.
       True when new, False when the same receipt was stored; `InvalidReceipt` otherwise. A
       failure is logged. `await billing.record_receipt_async(signed)` is the awaitable form.
+      A `CheckedReceipt` (what `countersign_checked` returns for a receipt the coordinator
+      has just countersigned: the agent's signature checked there, the coordinator's its own)
+      is stored without a second check and without the checker hop; a `SignedReceipt` from
+      anywhere else is always checked in full.
 
   `billing.recover_receipt(signed, coordinator) -> Future[Recovery]`
       For an agent presenting, on reconnect, a countersigned receipt the coordinator may lack:
@@ -69,6 +73,7 @@ from rigpool.ledger import Capture, Ledger, Price, SignedReceipt
 from rigpool.ledger.book import Recovery, capture_key, hold_key, release_key
 from rigpool.ledger.errors import InsufficientFunds, UnknownAccount
 from rigpool.ledger.pricing import network_fee
+from rigpool.ledger.receipts import CheckedReceipt
 from rigpool.ledger.writer import EscrowWriter
 
 log = logging.getLogger(__name__)
@@ -211,14 +216,28 @@ class Billing:
         durable.add_done_callback(lambda f: _log_failure(f, "settle", request_id))
         return Settlement(planned, durable)
 
-    def record_receipt_later(self, signed: SignedReceipt) -> Future[bool]:
-        """Check both signatures off the loop, then store the receipt group-committed."""
-        done = self.writer.record_receipt(signed)
-        done.add_done_callback(lambda f: _log_failure(f, "receipt", signed.body.request_id))
+    def record_receipt_later(self, signed: SignedReceipt | CheckedReceipt) -> Future[bool]:
+        """Store a receipt group-committed; a `SignedReceipt`'s signatures checked off the loop.
+
+        A `CheckedReceipt` (from `countersign_checked`) is not checked again (see module doc).
+        """
+        if isinstance(signed, CheckedReceipt):
+            request_id = signed.receipt.body.request_id
+            done = self.writer.record_checked(signed)
+        else:
+            request_id = signed.body.request_id
+            done = self.writer.record_receipt(signed)
+        done.add_done_callback(lambda f: _log_failure(f, "receipt", request_id))
         return done
 
-    async def record_receipt_async(self, signed: SignedReceipt) -> bool:
+    async def record_receipt_async(self, signed: SignedReceipt | CheckedReceipt) -> bool:
         """`record_receipt_later`, awaited: True once a new receipt is durable."""
+        if isinstance(signed, CheckedReceipt):
+            try:
+                return await self.writer.record_checked_async(signed)
+            except Exception as exc:
+                log.warning("receipt of %s not committed: %s", signed.receipt.body.request_id, exc)
+                raise
         return await asyncio.wrap_future(self.record_receipt_later(signed))
 
     def recover_receipt(self, signed: SignedReceipt, coordinator: str) -> Future[Recovery]:

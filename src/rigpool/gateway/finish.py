@@ -28,7 +28,7 @@ from rigpool.core.errors import RigpoolError
 from rigpool.gateway.ports import GatewayPorts
 from rigpool.gateway.provider_claims import check_metering, live_claim
 from rigpool.gateway.request import Ending, Outcome, RequestSpec
-from rigpool.ledger.receipts import ReceiptBody, countersign
+from rigpool.ledger.receipts import ReceiptBody, countersign_checked
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +132,13 @@ async def collect_receipt(ports: GatewayPorts, spec: RequestSpec, out: Outcome) 
         log.warning("agent refused the receipt of %s: %s", spec.request_id, answer.refused)
         return
     try:
-        signed = countersign(body, answer.signature, identity)
+        # The agent's signature is checked here and the countersignature is our own: the
+        # escrow stores this `CheckedReceipt` without checking either again.
+        signed = countersign_checked(body, answer.signature, identity)
     except RigpoolError as exc:
         log.warning("receipt of %s not countersigned: %s", spec.request_id, exc.message)
         return
-    await ports.agents.hand_receipt(agent, out.attempt_id, signed.model_dump(mode="json"))
+    await ports.agents.hand_receipt(agent, out.attempt_id, signed.payload)
     try:
         await ports.escrow.record_receipt(signed)
     except RigpoolError as exc:

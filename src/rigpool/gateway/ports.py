@@ -121,6 +121,9 @@ class Escrow(Protocol):
     async def record_receipt(self, signed: Any) -> None:
         """Store a receipt signed by the agent and countersigned by the coordinator.
 
+        `signed` is a `SignedReceipt` (both signatures are checked) or the `CheckedReceipt`
+        that `countersign_checked` returned (checked there; not checked again).
+
         Returns once the receipt and the capture it proves are both durable; raises when
         either failed (the agent then keeps its copy and presents it later).
         """

@@ -154,6 +154,10 @@ def _check_signatures(receipt: SignedReceipt, canonical: bytes) -> None:
 class CheckedReceipt:
     """A receipt ready to store: signatures checked, leaf and stored payload computed once.
 
+    Made only by `check_receipt` (both signatures checked) and `countersign_checked` (the
+    agent's checked, the coordinator's just made): holding one means the signatures are good,
+    which is why the group-committed receipt path stores it without checking them again.
+
     `payload` is `receipt.model_dump(mode="json")` and `leaf` is `receipt.leaf().hex()`; both
     come from one serialization of the body, which is also what the signatures cover.
     """
@@ -169,12 +173,19 @@ def check_receipt(receipt: SignedReceipt, *, signatures: bool = True) -> Checked
     """Check both signatures (unless `signatures` is False) and prepare the stored row.
 
     Raises `InvalidReceipt` for a bad signature or inconsistent amounts. Thread-safe; the
-    ed25519 checks release the GIL, so several threads check receipts in parallel.
+    ed25519 checks release the GIL, so several threads check receipts in parallel. This is the
+    path for every receipt the coordinator did not just countersign itself (an agent presenting
+    one, `rigpool receipt verify`, recovery): both signatures, always.
     """
     body = receipt.body.model_dump(mode="json")
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
     if signatures:
         _check_signatures(receipt, canonical)
+    return _prepared(receipt, body, canonical)
+
+
+def _prepared(receipt: SignedReceipt, body: dict[str, Any], canonical: bytes) -> CheckedReceipt:
+    """The stored row of a checked receipt, from its body's JSON form and canonical bytes."""
     # The canonical JSON of the whole signed receipt (sorted keys: agent_signature, body,
     # coordinator_signature) embeds the body's canonical bytes unchanged.
     whole = b"".join(
@@ -210,16 +221,34 @@ def agent_sign(body: ReceiptBody, agent: Identity) -> str:
 
 def countersign(body: ReceiptBody, agent_signature: str, coordinator: Identity) -> SignedReceipt:
     """Check the agent's signature, then add the coordinator's."""
+    return countersign_checked(body, agent_signature, coordinator).receipt
+
+
+def countersign_checked(
+    body: ReceiptBody, agent_signature: str, coordinator: Identity
+) -> CheckedReceipt:
+    """`countersign`, returning the receipt ready to store (no second check needed).
+
+    The agent's signature is checked here, and the coordinator's is the one just made with
+    its own key, so both signatures of the result are known good: `Billing` stores a
+    `CheckedReceipt` without checking them again (an external `SignedReceipt` is always checked
+    in full). The body is serialized once, for the agent's check, the countersignature, the
+    Merkle leaf and the stored row (`payload` is what `model_dump(mode="json")` gives).
+    """
     if coordinator.agent_id != body.coordinator:
         raise InvalidReceipt("the countersigning key is not the receipt's coordinator")
-    canonical = body.canonical()
+    dumped = body.model_dump(mode="json")
+    canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":")).encode()
+    if body.provider_amount + body.fee != body.amount:
+        raise InvalidReceipt(f"receipt {body.request_id}: provider_amount + fee != amount")
     if not verify(body.provider, AGENT_DOMAIN + canonical, agent_signature):
         raise InvalidReceipt(f"receipt {body.request_id}: bad agent signature")
-    return SignedReceipt(
+    signed = SignedReceipt(
         body=body,
         agent_signature=agent_signature,
         coordinator_signature=coordinator.sign(_countersigned(canonical, agent_signature)),
     )
+    return _prepared(signed, dumped, canonical)
 
 
 class ReceiptProof(BaseModel):

@@ -21,7 +21,7 @@ from rigpool.ledger.book import Capture, EscrowOp, Recovery
 from rigpool.ledger.faults import Faults
 from rigpool.ledger.group_commit import GroupCommit, Unit, WriterStopped
 from rigpool.ledger.ledger import Ledger
-from rigpool.ledger.receipts import SignedReceipt, check_receipt
+from rigpool.ledger.receipts import CheckedReceipt, SignedReceipt, check_receipt
 
 T = TypeVar("T")
 
@@ -142,6 +142,18 @@ class EscrowWriter:
         signature or another receipt under the same request id fails with `InvalidReceipt`.
         """
         return self._checked(lambda: self.ledger.receipt_op(check_receipt(receipt)))
+
+    def record_checked(self, checked: CheckedReceipt) -> Future[bool]:
+        """Store a receipt whose signatures are known good, group-committed, no checker hop.
+
+        For `countersign_checked`'s result (the coordinator checked the agent's signature and
+        made its own a moment ago); anything else goes through `record_receipt`.
+        """
+        return self.group.submit(self.ledger.receipt_op(checked))
+
+    def record_checked_async(self, checked: CheckedReceipt) -> asyncio.Future[bool]:
+        """`record_checked` for a coroutine (on the loop's thread)."""
+        return self.group.submit_async(self.ledger.receipt_op(checked))
 
     def recover_from_receipt(
         self, receipt: SignedReceipt, *, coordinator: str, fee_bps: int | None = None
