@@ -165,3 +165,33 @@ def test_a_request_the_agent_refuses_is_a_400_and_not_held_against_it(billed, to
     assert ledger.balance("consumer", CONSUMER) == before
     assert audit(ledger) == []
     agent.stop()
+
+
+class BrokenRouting:
+    """A routing port with a bug: the first call raises."""
+
+    def on_request(self) -> None:
+        raise RuntimeError("a bug in routing")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_bug_mid_request_is_a_500_that_still_releases_the_hold(billed, toy_model, stream):
+    import dataclasses
+
+    agent = start_agent(billed, toy_model)
+    ledger = Ledger(billed.db)
+    before = ledger.balance("consumer", CONSUMER)
+    app = billed.app
+    app.state.gateway = dataclasses.replace(app.state.gateway, routing=BrokenRouting())
+    response = httpx.post(
+        billed.url + "/v1/completions",
+        headers=HEADERS,
+        json={"model": TOY_MODEL_NAME, "prompt": "x", "max_tokens": 4, "stream": stream},
+    )
+    assert response.status_code == 500
+    wait_for(lambda: (r := row(billed)) is not None and r.status == "error", what="row closed")
+    assert row(billed).error == "internal error"
+    assert ledger.balance("consumer", CONSUMER) == before
+    assert ledger.balance("consumer_hold", CONSUMER) == 0
+    assert audit(ledger) == []
+    agent.stop()

@@ -58,6 +58,10 @@ class Formatter(Protocol):
     def response(self, spec: RequestSpec, out: Outcome) -> dict[str, Any]: ...
 
 
+#: the error recorded for a request that a bug ended (its answer is a 500)
+INTERNAL_ERROR = "internal error"
+
+
 def ports_of(request: Request) -> GatewayPorts:
     ports: GatewayPorts = request.app.state.gateway
     return ports
@@ -259,6 +263,9 @@ async def _serve_plain(
     except RigpoolError as exc:
         await finish(ports, spec, out, hold, Ending.FAILED, error=exc.message)
         return rigpool_error_response(exc)
+    except Exception:  # a bug: still release the hold and close the row, then the 500
+        await finish(ports, spec, out, hold, Ending.FAILED, error=INTERNAL_ERROR)
+        raise
     body = formatter.response(spec, out)
     await finish(ports, spec, out, hold, Ending.OK, response=body)
     return JSONResponse(body, headers={"X-Request-Id": spec.request_id})
@@ -305,6 +312,9 @@ async def _serve_stream(
     except asyncio.CancelledError:
         await _finish_in_task(ports, spec, out, hold, Ending.CLIENT_GONE, CLIENT_GONE)
         raise
+    except Exception:  # a bug: still release the hold and close the row, then the 500
+        await finish(ports, spec, out, hold, Ending.FAILED, error=INTERNAL_ERROR)
+        raise
 
     async def body() -> AsyncIterator[str]:
         ending: Ending = Ending.CLIENT_GONE
@@ -330,7 +340,7 @@ async def _serve_stream(
             ending, error = Ending.FAILED, exc.message
             yield _sse(error_body(exc.message, exc.error_type, exc.param, exc.code))
         except Exception:
-            ending, error = Ending.FAILED, "internal error"
+            ending, error = Ending.FAILED, INTERNAL_ERROR
             raise
         finally:
             # The request's scope may be cancelled (client gone): finish in a task of its own,
