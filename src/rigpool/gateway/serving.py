@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
@@ -196,6 +197,37 @@ async def _admit(ports: GatewayPorts, spec: RequestSpec) -> Any:
     return hold
 
 
+@dataclass
+class _Running:
+    """One admitted request between dispatch and `finish`: what every ending needs."""
+
+    ports: GatewayPorts
+    spec: RequestSpec
+    out: Outcome
+    hold: Any
+    tokens: AsyncGenerator[list[Token], None]
+
+    async def end(
+        self, ending: Ending, error: str | None = None, response: dict[str, Any] | None = None
+    ) -> None:
+        await finish(
+            self.ports, self.spec, self.out, self.hold, ending, error=error, response=response
+        )
+
+    def end_in_background(self, ending: Ending, error: str | None) -> None:
+        """Finish in a task of its own, the stream closed first.
+
+        The caller's scope may be being cancelled (client gone), and the escrow must still be
+        settled and the row written.
+        """
+        spawn(self._close_then_end(ending, error))
+
+    async def _close_then_end(self, ending: Ending, error: str | None) -> None:
+        with contextlib.suppress(Exception):
+            await self.tokens.aclose()
+        await self.end(ending, error)
+
+
 async def serve(
     ports: GatewayPorts, spec: RequestSpec, formatter: Formatter, request: Request
 ) -> Response:
@@ -215,9 +247,10 @@ async def serve(
         await finish(ports, spec, out, None, Ending.FAILED, error=exc.message)
         return rigpool_error_response(exc)
     tokens = Dispatcher(ports.routing, ports.agents, ports.limits, spec, out).run()
+    running = _Running(ports, spec, out, hold, tokens)
     if spec.stream:
-        return await _serve_stream(ports, spec, out, hold, tokens, formatter)
-    return await _serve_plain(ports, spec, out, hold, tokens, formatter, request)
+        return await _serve_stream(running, formatter)
+    return await _serve_plain(running, formatter, request)
 
 
 async def _drain(tokens: AsyncGenerator[list[Token], None]) -> None:
@@ -231,89 +264,61 @@ async def _client_gone(request: Request) -> None:
         pass
 
 
-async def _serve_plain(
-    ports: GatewayPorts,
-    spec: RequestSpec,
-    out: Outcome,
-    hold: Any,
-    tokens: AsyncGenerator[list[Token], None],
-    formatter: Formatter,
-    request: Request,
-) -> Response:
+async def _serve_plain(run: _Running, formatter: Formatter, request: Request) -> Response:
     # Watch the connection while the answer is generated: a client that hangs up stops the
     # generation at once (and, having received nothing, pays nothing).
-    generation = asyncio.ensure_future(_drain(tokens))
+    generation = asyncio.ensure_future(_drain(run.tokens))
     watcher = asyncio.ensure_future(_client_gone(request))
     try:
         await asyncio.wait({generation, watcher}, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
         generation.cancel()
         watcher.cancel()
-        await _stop(generation, tokens)
-        await _finish_in_task(ports, spec, out, hold, Ending.CLIENT_GONE, CLIENT_GONE)
+        await _stop(generation)
+        run.end_in_background(Ending.CLIENT_GONE, CLIENT_GONE)
         raise
     watcher.cancel()
     if not generation.done():
         generation.cancel()
-        await _stop(generation, tokens)
-        await finish(ports, spec, out, hold, Ending.CLIENT_GONE, error=CLIENT_GONE)
+        await _stop(generation)
+        with contextlib.suppress(Exception):
+            await run.tokens.aclose()
+        await run.end(Ending.CLIENT_GONE, CLIENT_GONE)
         return Response(status_code=499)  # nobody reads it; logged as the client's hang-up
     try:
         generation.result()
     except RigpoolError as exc:
-        await finish(ports, spec, out, hold, Ending.FAILED, error=exc.message)
+        await run.end(Ending.FAILED, exc.message)
         return rigpool_error_response(exc)
     except Exception:  # a bug: still release the hold and close the row, then the 500
-        await finish(ports, spec, out, hold, Ending.FAILED, error=INTERNAL_ERROR)
+        await run.end(Ending.FAILED, INTERNAL_ERROR)
         raise
-    body = formatter.response(spec, out)
-    await finish(ports, spec, out, hold, Ending.OK, response=body)
-    return JSONResponse(body, headers={"X-Request-Id": spec.request_id})
+    body = formatter.response(run.spec, run.out)
+    await run.end(Ending.OK, response=body)
+    return JSONResponse(body, headers={"X-Request-Id": run.spec.request_id})
 
 
-async def _stop(
-    generation: asyncio.Future[None], tokens: AsyncGenerator[list[Token], None]
-) -> None:
+async def _stop(generation: asyncio.Future[None]) -> None:
     with contextlib.suppress(BaseException):
         await generation
-    with contextlib.suppress(Exception):
-        await tokens.aclose()
 
 
-async def _finish_in_task(
-    ports: GatewayPorts,
-    spec: RequestSpec,
-    out: Outcome,
-    hold: Any,
-    ending: Ending,
-    error: str | None,
-) -> None:
-    """Finish even when the caller's scope is being cancelled: in a task of its own."""
-    spawn(finish(ports, spec, out, hold, ending, error=error))
-
-
-async def _serve_stream(
-    ports: GatewayPorts,
-    spec: RequestSpec,
-    out: Outcome,
-    hold: Any,
-    tokens: AsyncGenerator[list[Token], None],
-    formatter: Formatter,
-) -> Response:
+async def _serve_stream(run: _Running, formatter: Formatter) -> Response:
+    spec, out = run.spec, run.out
     # Wait for the first token before sending headers: until then a failure is still an HTTP
     # status (503, 400 ...) that any client handles, instead of an error inside a 200 stream.
     try:
-        first = await anext(tokens)
+        first = await anext(run.tokens)
     except StopAsyncIteration:
         first = None
     except RigpoolError as exc:
-        await finish(ports, spec, out, hold, Ending.FAILED, error=exc.message)
+        await run.end(Ending.FAILED, exc.message)
         return rigpool_error_response(exc)
     except asyncio.CancelledError:
-        await _finish_in_task(ports, spec, out, hold, Ending.CLIENT_GONE, CLIENT_GONE)
+        run.end_in_background(Ending.CLIENT_GONE, CLIENT_GONE)
         raise
     except Exception:  # a bug: still release the hold and close the row, then the 500
-        await finish(ports, spec, out, hold, Ending.FAILED, error=INTERNAL_ERROR)
+        await run.end(Ending.FAILED, INTERNAL_ERROR)
         raise
 
     async def body() -> AsyncIterator[str]:
@@ -327,7 +332,7 @@ async def _serve_stream(
                 # One write per batch of tokens that arrived together, not one per token.
                 events = _Events(formatter, spec, out)
                 yield events.render(first)
-                async for batch in tokens:
+                async for batch in run.tokens:
                     yield events.render(batch)
             # Every token is out: from here on the request is complete and billable, even if
             # the client hangs up before reading the closing lines.
@@ -343,29 +348,13 @@ async def _serve_stream(
             ending, error = Ending.FAILED, INTERNAL_ERROR
             raise
         finally:
-            # The request's scope may be cancelled (client gone): finish in a task of its own,
-            # so the escrow is always settled and the row always written.
-            spawn(_finish_stream(ports, spec, out, hold, tokens, ending, error))
+            run.end_in_background(ending, error)
 
     return StreamingResponse(
         body(),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Request-Id": spec.request_id},
     )
-
-
-async def _finish_stream(
-    ports: GatewayPorts,
-    spec: RequestSpec,
-    out: Outcome,
-    hold: Any,
-    tokens: AsyncGenerator[list[Token], None],
-    ending: Ending,
-    error: str | None,
-) -> None:
-    with contextlib.suppress(Exception):
-        await tokens.aclose()
-    await finish(ports, spec, out, hold, ending, error=error)
 
 
 def _usage_chunk(formatter: Formatter, spec: RequestSpec, out: Outcome) -> dict[str, Any]:
