@@ -26,7 +26,9 @@ from __future__ import annotations
 import asyncio
 import json
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from rigpool.core.asgi import replay
 
 #: the default deadline for a body (Settings.body_read_timeout_s)
 DEFAULT_READ_TIMEOUT_S = 30.0
@@ -68,17 +70,9 @@ class BodyLimit:
             return
         if body is None:  # the client left before its body was complete: nobody to answer
             return
-        delivered = False
-
-        async def replay() -> Message:
-            # The body once, as one message; then whatever the server has next (disconnect).
-            nonlocal delivered
-            if delivered:
-                return await receive()
-            delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
+        # The body once, as one message; then whatever the server has next (disconnect).
+        whole = {"type": "http.request", "body": body, "more_body": False}
+        await self.app(scope, replay(whole, receive), send)
 
     async def _read(self, receive: Receive) -> bytes | None:
         """The whole body (None if the client disconnected first); _TooLarge past the limit."""

@@ -36,8 +36,9 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from rigpool.core.asgi import replay
 from rigpool.gateway.auth import Caller, require_api_key
 from rigpool.gateway.chat.router import chat_completions
 from rigpool.gateway.chat.schemas import ChatCompletionRequest
@@ -80,7 +81,7 @@ class LeanRoutes:
         if first["type"] == "http.request" and not first.get("more_body", False) and body:
             data = _parse(body)
         if not isinstance(data, dict):
-            await self.app(scope, _replay(first, receive), send)
+            await self.app(scope, replay(first, receive), send)
             return
         model, endpoint = route
         request = Request(scope, receive)  # the body is read: only a disconnect can follow
@@ -144,20 +145,6 @@ def _parse(body: bytes) -> Any:
         return json.loads(body)
     except Exception:
         return _NOT_JSON
-
-
-def _replay(first: Message, receive: Receive) -> Receive:
-    """`receive` with the message already taken given back first."""
-    delivered = False
-
-    async def replay() -> Message:
-        nonlocal delivered
-        if delivered:
-            return await receive()
-        delivered = True
-        return first
-
-    return replay
 
 
 def _handler_for(handlers: Mapping[Any, Any], exc: Exception) -> Any:
