@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.orm import Session, sessionmaker
 
 from rigpool.coordinator.db import open_database
 from rigpool.ledger import Ledger, Price, ReceiptBody, SignedReceipt, agent_sign, countersign
@@ -91,6 +92,14 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     with admin.connect() as conn:
         conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
     admin.dispose()
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[sessionmaker[Session]]:
+    """A session factory on `db_url` (SQLite and PostgreSQL), disposed afterwards."""
+    sessions = open_database(db_url)
+    yield sessions
+    sessions.kw["bind"].dispose()
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from rigpool.coordinator.db import open_database
 from rigpool.ledger import EscrowWriter, GroupCommit, Ledger, WriterStopped, audit
 from rigpool.ledger.errors import (
     IdempotencyConflict,
@@ -30,13 +29,6 @@ from rigpool.protocol.signing import Identity
 K = AccountKind
 CONSUMER = Identity.generate().agent_id
 PROVIDER = Identity.generate().agent_id
-
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[sessionmaker[Session]]:
-    sessions = open_database(db_url)
-    yield sessions
-    sessions.kw["bind"].dispose()
 
 
 @pytest.fixture

@@ -7,13 +7,12 @@ consumer when start-up recovery already released it, or finds the capture and mo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from rigpool.coordinator.db import open_database
 from rigpool.coordinator.recovery import recover_interrupted
 from rigpool.ledger import Ledger, SignedReceipt, audit, capture_key, hold_key
 from rigpool.ledger.errors import (
@@ -28,13 +27,6 @@ K = AccountKind
 CONSUMER = "consumer-1"
 PROVIDER = Identity.generate()
 FEE_BPS = 500  # the fixture's receipts: amount 160, fee 8, provider 152
-
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[sessionmaker[Session]]:
-    sessions = open_database(db_url)
-    yield sessions
-    sessions.kw["bind"].dispose()
 
 
 @pytest.fixture

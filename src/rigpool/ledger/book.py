@@ -718,7 +718,20 @@ class HoldOp(EscrowOp):
         return lambda: int(done.result["hold_id"])
 
 
-class CaptureOp(EscrowOp):
+class _HoldKeyOp(EscrowOp):
+    """An operation on one existing hold under one idempotency key (capture, release)."""
+
+    hold_id: int
+    key: str
+
+    def idempotency_keys(self) -> Iterable[str]:
+        return (self.key,)
+
+    def hold_ids(self, book: Book) -> Iterable[int]:
+        return (self.hold_id,)
+
+
+class CaptureOp(_HoldKeyOp):
     """Charge a finished request (capped at its hold), release the rest of the hold.
 
     With `fee` given (recovery from a receipt) the fee is that amount instead of
@@ -745,12 +758,6 @@ class CaptureOp(EscrowOp):
             "capture",
             {"hold_id": hold_id, "amount": amount, "provider": provider, "fee_bps": fee_bps},
         )
-
-    def idempotency_keys(self) -> Iterable[str]:
-        return (self.key,)
-
-    def hold_ids(self, book: Book) -> Iterable[int]:
-        return (self.hold_id,)
 
     def account_pairs(self, book: Book) -> Iterable[tuple[str, str]]:
         hold = book.holds.get(self.hold_id)
@@ -803,7 +810,7 @@ def capture_hold(
     return entry
 
 
-class ReleaseOp(EscrowOp):
+class ReleaseOp(_HoldKeyOp):
     """Give a hold back in full; the result is the amount released."""
 
     kind = "release"
@@ -813,12 +820,6 @@ class ReleaseOp(EscrowOp):
         self.hold_id = hold_id
         self.key = check_key(key or f"release:{hold_id}")
         self.digest = request_digest("release", {"hold_id": hold_id})
-
-    def idempotency_keys(self) -> Iterable[str]:
-        return (self.key,)
-
-    def hold_ids(self, book: Book) -> Iterable[int]:
-        return (self.hold_id,)
 
     def account_pairs(self, book: Book) -> Iterable[tuple[str, str]]:
         hold = book.holds.get(self.hold_id)

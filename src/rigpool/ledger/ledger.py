@@ -26,8 +26,6 @@ All methods are synchronous and thread-safe: call them from async code with
 
 from __future__ import annotations
 
-import hashlib
-import json
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -54,7 +52,9 @@ from rigpool.ledger.book import (
     StaleBook,
     apply_all,
     check_amount,
+    check_key,
     check_owner,
+    request_digest,
 )
 from rigpool.ledger.errors import (
     DuplicateDeposit,
@@ -165,11 +165,8 @@ class Ledger:
         `build` runs inside the database transaction after the journal row exists (so business
         rows can point at it) and may raise to abort everything.
         """
-        if not isinstance(key, str) or not key or len(key) > 200:
-            raise LedgerError("idempotency key must be a non-empty string of at most 200 chars")
-        digest = hashlib.sha256(
-            json.dumps({"kind": kind, **params}, sort_keys=True, default=str).encode()
-        ).hexdigest()
+        check_key(key)
+        digest = request_digest(kind, params)
         with self.lock, self.sessions() as s, s.begin():
             old = s.scalar(select(JournalTx).where(JournalTx.idempotency_key == key))
             if old is not None:
