@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime
 from pathlib import Path
 
+from receiptsupport import signed_receipt, wire
 from rigpool.agent.receipt_journal import ReceiptJournal, default_journal_path
-from rigpool.ledger.receipts import ReceiptBody, agent_sign, countersign
 from rigpool.protocol.messages import CountersignedReceipt
 from rigpool.protocol.signing import Identity
 
@@ -18,23 +17,7 @@ OTHER_COORDINATOR = Identity.generate()
 
 
 def receipt(request_id: str, coordinator: Identity = COORDINATOR) -> CountersignedReceipt:
-    body = ReceiptBody(
-        request_id=request_id,
-        model="toy",
-        prompt_tokens=3,
-        completion_tokens=4,
-        price_input_per_million=1_000_000,
-        price_output_per_million=1_000_000,
-        amount=7,
-        fee=0,
-        provider_amount=7,
-        provider=AGENT.agent_id,
-        consumer="alice",
-        coordinator=coordinator.agent_id,
-        time=datetime(2026, 1, 1),
-    )
-    signed = countersign(body, agent_sign(body, AGENT), coordinator)
-    return CountersignedReceipt.model_validate(signed.model_dump(mode="json"))
+    return wire(signed_receipt(request_id, agent=AGENT, coordinator=coordinator))
 
 
 def test_default_path_is_beside_the_keypair(tmp_path: Path):

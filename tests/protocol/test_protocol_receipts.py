@@ -7,22 +7,16 @@ check (what the agent runs) is tested against what the coordinator really produc
 from __future__ import annotations
 
 import json
-from datetime import datetime
 
 import pytest
 
-from rigpool.ledger.receipts import (
-    COORDINATOR_DOMAIN,
-    ReceiptBody,
-    SignedReceipt,
-    agent_sign,
-    countersign,
-)
+import receiptsupport
+from receiptsupport import wire
+from rigpool.ledger.receipts import COORDINATOR_DOMAIN, SignedReceipt
 from rigpool.protocol.messages import (
     PROTOCOL_VERSION,
     RECEIPT_COORDINATOR_DOMAIN,
     RECEIPTS_VERSION,
-    CountersignedReceipt,
     ReceiptCountersigned,
     ReceiptRefusal,
     Receipts,
@@ -43,27 +37,7 @@ COORDINATOR = Identity.generate()
 def signed_receipt(
     request_id: str = "cmpl-1", *, agent: Identity = AGENT, coordinator: Identity = COORDINATOR
 ) -> SignedReceipt:
-    body = ReceiptBody(
-        request_id=request_id,
-        model="toy",
-        prompt_tokens=12,
-        completion_tokens=8,
-        price_input_per_million=2_000_000,
-        price_output_per_million=4_000_000,
-        amount=56,
-        fee=5,
-        provider_amount=51,
-        provider=agent.agent_id,
-        consumer="alice",
-        coordinator=coordinator.agent_id,
-        time=datetime(2026, 1, 2, 3, 4, 5, 678901),
-    )
-    return countersign(body, agent_sign(body, agent), coordinator)
-
-
-def wire(signed: SignedReceipt) -> CountersignedReceipt:
-    """What the coordinator sends: the ledger receipt as a JSON object."""
-    return CountersignedReceipt.model_validate(signed.model_dump(mode="json"))
+    return receiptsupport.signed_receipt(request_id, agent=agent, coordinator=coordinator)
 
 
 def test_version_1_6_has_the_receipt_frames():

@@ -405,7 +405,8 @@ class AttestData(_Frame):
     error: str = Field(default="", max_length=2048)
 
 
-AgentFrame = Annotated[
+#: every frame an agent sends, and every frame a coordinator sends (the decoders' return types)
+AnyAgentFrame = (
     Hello
     | Heartbeat
     | Token
@@ -415,10 +416,9 @@ AgentFrame = Annotated[
     | Sealed
     | ReceiptSignature
     | AttestData
-    | Receipts,
-    Field(discriminator="type"),
-]
-CoordinatorFrame = Annotated[
+    | Receipts
+)
+AnyCoordinatorFrame = (
     Welcome
     | Refused
     | Generate
@@ -427,9 +427,10 @@ CoordinatorFrame = Annotated[
     | AttestChallenge
     | AttestProbe
     | ReceiptCountersigned
-    | ReceiptsAck,
-    Field(discriminator="type"),
-]
+    | ReceiptsAck
+)
+AgentFrame = Annotated[AnyAgentFrame, Field(discriminator="type")]
+CoordinatorFrame = Annotated[AnyCoordinatorFrame, Field(discriminator="type")]
 
 
 class _AgentFrameRoot(RootModel[AgentFrame]):
@@ -451,18 +452,7 @@ def _check_size(raw: str | bytes) -> None:
 
 def decode_agent_frame(
     raw: str | bytes,
-) -> (
-    Hello
-    | Heartbeat
-    | Token
-    | Done
-    | Error
-    | Batch
-    | Sealed
-    | ReceiptSignature
-    | AttestData
-    | Receipts
-):
+) -> AnyAgentFrame:
     """Parse a frame sent by an agent; raises ProtocolError on anything malformed."""
     _check_size(raw)
     try:
@@ -473,17 +463,7 @@ def decode_agent_frame(
 
 def decode_coordinator_frame(
     raw: str | bytes,
-) -> (
-    Welcome
-    | Refused
-    | Generate
-    | Cancel
-    | SignReceipt
-    | AttestChallenge
-    | AttestProbe
-    | ReceiptCountersigned
-    | ReceiptsAck
-):
+) -> AnyCoordinatorFrame:
     """Parse a frame sent by the coordinator; raises ProtocolError on anything malformed."""
     _check_size(raw)
     try:
